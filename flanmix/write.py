@@ -218,12 +218,9 @@ def _stats_from(results: list, plan: Plan) -> dict[str, Any]:
 
 def card_text(manifest: dict[str, Any]) -> str:
     """The dataset card: ``configs:`` front matter so ``datasets.load_dataset(OUT)`` finds the splits."""
-    ext = "parquet" if manifest["file_format"] == "parquet" else "arrow"
-    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
-    for split in ("train", "eval"):
-        if manifest["splits"].get(split, {}).get("shards"):
-            lines += [f"  - split: {split}", f'    path: "{split}-*.{ext}"']
-    lines += ["---", "", f"# {manifest['name']}", ""]
+    from .card import mixture_front_matter  # configs, features, rows, data fingerprint
+
+    lines = [mixture_front_matter(manifest), f"# {manifest['name']}", ""]
     if manifest["spec"].get("description"):
         lines += [manifest["spec"]["description"], ""]
     lines += [
