@@ -31,12 +31,14 @@ FORMATS = ("prompt-completion", "messages", "text", "jsonl")
 TEXT_SEPARATOR = "\n"
 
 MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+#: Kept in every trainer format, for per-task and per-cluster analysis (trainers ignore them).
+KEPT = [pa.field("task", pa.string()), pa.field("cluster", pa.string())]
 SCHEMAS = {
     "prompt-completion": pa.schema(
-        [pa.field("prompt", pa.string()), pa.field("completion", pa.string())]
+        [pa.field("prompt", pa.string()), pa.field("completion", pa.string()), *KEPT]
     ),
-    "messages": pa.schema([pa.field("messages", pa.list_(MESSAGE))]),
-    "text": pa.schema([pa.field("text", pa.string())]),
+    "messages": pa.schema([pa.field("messages", pa.list_(MESSAGE)), *KEPT]),
+    "text": pa.schema([pa.field("text", pa.string()), *KEPT]),
 }
 
 
@@ -48,18 +50,19 @@ def convert_batch(batch: pa.RecordBatch, fmt: str, separator: str = TEXT_SEPARAT
     """One mixture batch in an export format."""
     inputs = batch.column("inputs").to_pylist()
     targets = batch.column("targets").to_pylist()
+    kept = {f.name: batch.column(f.name) for f in KEPT}
     if fmt == "prompt-completion":
         prompts = [i + separator for i in inputs]
-        return pa.table({"prompt": prompts, "completion": targets}, schema=SCHEMAS[fmt])
+        return pa.table({"prompt": prompts, "completion": targets, **kept}, schema=SCHEMAS[fmt])
     if fmt == "messages":
         msgs = [
             [{"role": "user", "content": i}, {"role": "assistant", "content": t}]
             for i, t in zip(inputs, targets, strict=True)
         ]
-        return pa.table({"messages": msgs}, schema=SCHEMAS[fmt])
+        return pa.table({"messages": msgs, **kept}, schema=SCHEMAS[fmt])
     if fmt == "text":
         return pa.table(
-            {"text": [i + separator + t for i, t in zip(inputs, targets, strict=True)]},
+            {"text": [i + separator + t for i, t in zip(inputs, targets, strict=True)], **kept},
             schema=SCHEMAS[fmt],
         )
     return pa.Table.from_batches([batch])
@@ -127,7 +130,9 @@ def export_mixture(
             raise ExportError(
                 "the mixture has none of the splits asked for", hint=f"splits: {', '.join(splits)}"
             )
-        (tmp / "README.md").write_text(_card(mixture, summary, fmt, file_format), encoding="utf-8")
+        (tmp / "README.md").write_text(
+            _card(mixture, summary, fmt, file_format, separator), encoding="utf-8"
+        )
         publish_dir(tmp, dest)  # an existing DEST is replaced only now, by renames
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -135,12 +140,32 @@ def export_mixture(
     return summary
 
 
-def _card(mixture: Mixture, summary: dict[str, Any], fmt: str, file_format: str) -> str:
-    """A dataset card whose ``configs:`` front matter names each split's files."""
-    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
-    for split, info in summary.items():
-        lines += [f"  - split: {split}", "    path:"] + [f"    - {name}" for name in info["files"]]
-    lines += ["---", ""]
+def _card(
+    mixture: Mixture, summary: dict[str, Any], fmt: str, file_format: str, separator: str
+) -> str:
+    """A dataset card: ``configs:`` naming each split's files, and ``dataset_info:`` declaring the
+    features (JSON Lines type inference alone would read a column that is null in train and a
+    list in eval as two types) and a fingerprint of the data (see :mod:`flanmix.card`)."""
+    from . import __version__
+    from .card import dataset_info, fingerprint, front_matter, mixture_fingerprint
+
+    configs = [
+        {
+            "config_name": "default",
+            "data_files": [{"split": s, "path": info["files"]} for s, info in summary.items()],
+        }
+    ]
+    print_ = fingerprint(
+        [mixture_fingerprint(mixture.manifest), fmt, file_format, separator, __version__]
+    )
+    info = dataset_info(
+        "default",
+        SCHEMAS.get(fmt) or SCHEMA,
+        {s: i["rows"] for s, i in summary.items()},
+        f"flanmix export ({fmt}) of mixture {mixture.manifest.get('name', '')} "
+        f"(data fingerprint {print_})",
+    )
+    lines = [front_matter(configs, [info])]
     name = mixture.manifest.get("name", mixture.path.name)
     rows = ", ".join(f"{split} {info['rows']} rows" for split, info in summary.items())
     lines += [

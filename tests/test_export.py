@@ -34,9 +34,9 @@ def mixture(tmp_path_factory):
 @pytest.mark.parametrize(
     ("fmt", "columns"),
     [
-        ("prompt-completion", ["prompt", "completion"]),
-        ("messages", ["messages"]),
-        ("text", ["text"]),
+        ("prompt-completion", ["prompt", "completion", "task", "cluster"]),
+        ("messages", ["messages", "task", "cluster"]),
+        ("text", ["text", "task", "cluster"]),
     ],
 )
 def test_export_parquet_columns(tmp_path, mixture, fmt, columns):
@@ -54,6 +54,7 @@ def test_export_parquet_columns(tmp_path, mixture, fmt, columns):
     assert data.column_names == columns
     first = next(mix.iter_rows("train"))
     row = data[0]
+    assert (row.pop("task"), row.pop("cluster")) == (first["task"], first["cluster"])
     if fmt == "prompt-completion":
         assert row == {"prompt": first["inputs"] + "\n", "completion": first["targets"]}
     elif fmt == "messages":
@@ -85,7 +86,7 @@ def test_export_jsonl_and_cli(tmp_path, mixture):
     )
     lines = (tmp_path / "d" / "train.jsonl").read_text().splitlines()
     assert len(lines) == Mixture.open(mixture).num_rows("train")
-    assert set(json.loads(lines[0])) == {"messages"}
+    assert set(json.loads(lines[0])) == {"messages", "task", "cluster"}
     assert main(["export", str(mixture), "--format", "jsonl", "-o", str(tmp_path / "all")]) == 0
     row = json.loads((tmp_path / "all" / "eval.jsonl").read_text().splitlines()[0])
     assert {"inputs", "targets", "options", "answer_index", "metrics", "example_id"} <= set(row)

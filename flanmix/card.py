@@ -1,0 +1,103 @@
+"""Dataset card front matter: what ``datasets.load_dataset(FOLDER)`` reads from ``README.md``.
+
+Every folder flanmix publishes for ``datasets`` (a compiled mixture, a leave-one-cluster-out
+root, an export) gets a card whose YAML front matter has
+
+- ``configs:``, naming each split's files (a LOCO root has one config per held-out cluster and no
+  ``default``, so ``load_dataset(root)`` asks for a cluster instead of merging every mixture);
+- ``dataset_info:`` with the ``features`` (declared, so JSON Lines files whose columns are null in
+  one split and lists in another load with one type), the rows per split (``datasets`` checks
+  them), and a ``description`` carrying a fingerprint of the data.
+
+Why the fingerprint: ``datasets`` caches a local folder with a card under a hash of the card's
+configs and infos only (its file patterns are resolved lazily, so file modification times never
+reach the hash). Two compiles into the same folder would otherwise share one cache entry and
+``load_dataset`` would keep returning the first compile's rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+
+def fingerprint(parts: Iterable[str]) -> str:
+    """A short digest of ``parts`` (shard sha256s, export settings) that names one dataset state."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8") + b"\n")
+    return h.hexdigest()[:16]
+
+
+def mixture_fingerprint(manifest: dict[str, Any]) -> str:
+    """The fingerprint of a compiled mixture: its shard names and sha256s, in manifest order."""
+    return fingerprint(
+        f"{split}:{shard['file']}:{shard['sha256']}"
+        for split, info in sorted(manifest.get("splits", {}).items())
+        for shard in info.get("shards", [])
+    )
+
+
+def features(schema: pa.Schema) -> list[dict[str, Any]]:
+    """``schema`` as the card's ``features`` list (the ``datasets`` YAML form)."""
+    import datasets
+
+    return datasets.Features.from_arrow_schema(schema)._to_yaml_list()
+
+
+def dataset_info(
+    config_name: str,
+    schema: pa.Schema,
+    rows: dict[str, int],
+    description: str,
+) -> dict[str, Any]:
+    """One config's ``dataset_info`` entry: features, rows per split, description."""
+    return {
+        "config_name": config_name,
+        "description": description,
+        "features": features(schema),
+        "splits": [{"name": split, "num_examples": int(n)} for split, n in rows.items()],
+    }
+
+
+def front_matter(configs: list[dict[str, Any]], infos: list[dict[str, Any]]) -> str:
+    """The ``---``-delimited YAML block that opens a card, ending with a newline."""
+    meta: dict[str, Any] = {"configs": configs, "dataset_info": infos}
+    body = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    return f"---\n{body}---\n"
+
+
+__all__ = ["dataset_info", "features", "fingerprint", "front_matter", "mixture_fingerprint"]
+
+
+def mixture_config(
+    manifest: dict[str, Any], config_name: str = "default", prefix: str = ""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``configs`` entry and ``dataset_info`` entry of a compiled mixture.
+
+    ``prefix`` is the mixture's folder relative to the card (a LOCO root's ``nli/``). The data
+    files are the manifest's exact shards: a glob would also pick up a file planted later.
+    """
+    from .mixture import SCHEMA, SPLITS
+
+    files, rows = [], {}
+    for split in SPLITS:
+        info = manifest["splits"].get(split, {})
+        if info.get("shards"):
+            files.append({"split": split, "path": [prefix + s["file"] for s in info["shards"]]})
+            rows[split] = info.get("rows", sum(s["rows"] for s in info["shards"]))
+    description = (
+        f"flanmix mixture {manifest['name']} (data fingerprint {mixture_fingerprint(manifest)})"
+    )
+    config = {"config_name": config_name, "data_files": files}
+    return config, dataset_info(config_name, SCHEMA, rows, description)
+
+
+def mixture_front_matter(manifest: dict[str, Any]) -> str:
+    """The front matter of a compiled mixture's card."""
+    config, info = mixture_config(manifest)
+    return front_matter([config], [info])
