@@ -180,6 +180,10 @@ class Source(_Model):
         default=None,
         description="set when the dataset cannot be fetched automatically: how to get it",
     )
+    note: str | None = Field(
+        default=None,
+        description="why this source is trusted: the hub commit, PR, mirror or release files it names",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:
