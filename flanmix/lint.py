@@ -22,6 +22,7 @@ from .catalog import CLUSTERS_FILE, TEMPLATES_DIR, TaskFile, iter_task_paths, va
 from .errors import FlanmixError, Location, did_you_mean
 from .render import (
     ANSWER_CHOICES,
+    References,
     RowPreparer,
     Skip,
     compile_template,
@@ -373,6 +374,7 @@ class _TaskLinter:
                     f"sample row {i}: {exc.message}",
                     exc.hint,
                 )
+        self.check_references(rows)
         for index, ct in compiled:
             template = ct.template
             rendered = 0
@@ -438,6 +440,27 @@ class _TaskLinter:
                     f"renders on no sample row (skipped: {reasons})",
                     "add a sample row this template applies to, so lint can check it",
                 )
+
+    def check_references(self, rows: list) -> None:
+        """``evaluation.references`` compiles and gives a list of strings on every sample row."""
+        if self.task.evaluation.references is None:
+            return
+        line = self.tf.lines.line(("evaluation", "references"))
+        where = Location(self.tf.lines.file, line, self.task.id, None, "evaluation.references")
+        try:
+            refs = References(self.task)
+        except FlanmixError as exc:
+            self.add("error", "bad-references", where, exc.message, exc.hint)
+            return
+        for i, row in rows:
+            if isinstance(row, Skip):
+                continue
+            try:
+                refs.values(row)
+            except FlanmixError as exc:
+                message = f"fails on sample row {i}: {exc.message}"
+                self.add("error", "bad-references", where.with_(row=i), message, exc.hint)
+                return
 
     def _tloc(
         self, index: int, template_id: str, part: str | None, lineno: int | None = None

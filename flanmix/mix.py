@@ -35,6 +35,7 @@ from .errors import (
 )
 from .render import (
     CompiledTemplate,
+    References,
     RowPreparer,
     Skip,
     compile_template,
@@ -99,6 +100,8 @@ class TaskPlan:
     pool: int  # examples available: selected rows (x templates in mode "all")
     planned: int = 0  # examples allotted by the mixing rates
     draws: int = 0  # rows drawn (with repeats); x templates in mode "all"
+    #: eval rows with exemplars: the task's training split, where the exemplars come from
+    shots: SourceHandle | None = None
 
     @property
     def num_selected(self) -> int:
@@ -215,15 +218,37 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
         held_tasks.update(t for t in catalog.tasks_in_cluster(c) if t in catalog.tasks)
     removed: dict[str, str] = {}
     allowed: list[str] = []
-    groups = catalog.clusters.overlap_groups if catalog.clusters else []
+    related: dict[str, str] = {}
+    cf = catalog.clusters
+    mode = spec.holdout.on_overlap
+    # variants of one dataset (anli r1-r3, mnli, arc, squad ...) are held out together
+    for g in cf.related if cf else []:
+        members = [t for t in g.tasks if t in catalog.tasks]
+        if not held_tasks & set(members):
+            continue
+        outside = [t for t in members if t not in held_tasks]
+        if not outside:
+            continue
+        if mode == "error":
+            raise SpecError(
+                f"holdout splits related tasks {g.name!r} ({g.reason or 'variants of one dataset'}): "
+                f"{', '.join(outside)} would still train",
+                location=_spec_loc(spec_file, "holdout"),
+                hint=f"hold out all of {', '.join(members)}, or set on_overlap: remove or allow",
+            )
+        if mode == "allow":
+            allowed.append(g.name)
+            continue
+        for t in outside:
+            related[t] = g.name
+            held_tasks.add(t)
+    # overlap groups guard cluster holdouts (FLAN's inter-cluster rule); a held-out task fires a
+    # group only when the group names that task (FLAN's intra-cluster splits keep its siblings)
+    groups = cf.overlap_groups if cf else []
     for g in groups:
         members_c = set(g.clusters)
         members_t = set(g.tasks)
-        hit = (
-            (members_c & held_clusters)
-            or (members_t & held_tasks)
-            or any(t in held_tasks for c in members_c for t in catalog.tasks_in_cluster(c))
-        )
+        hit = (members_c & held_clusters) or (members_t & held_tasks)
         if not hit:
             continue
         group_tasks = set(members_t) | {t for c in members_c for t in catalog.tasks_in_cluster(c)}
@@ -231,7 +256,6 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
         outside = sorted(group_tasks - held_tasks)
         if not outside:
             continue
-        mode = spec.holdout.on_overlap
         if mode == "error":
             raise SpecError(
                 f"holdout splits overlap group {g.name!r} ({g.reason or 'overlapping clusters'}): "
@@ -244,9 +268,15 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
                 removed.setdefault(t, g.name)
         else:
             allowed.append(g.name)
+    # a task built from another task's text never trains while that text is held out
+    for t, origins in (cf.built_from if cf else {}).items():
+        hit = [o for o in origins if o in held_tasks or o in removed]
+        if hit and t in catalog.tasks and t not in held_tasks:
+            removed.setdefault(t, f"built_from:{hit[0]}")
     return {
         "clusters": sorted(held_clusters),
         "tasks": sorted(held_tasks),
+        "related": dict(sorted(related.items())),
         "removed_for_overlap": dict(sorted(removed.items())),
         "overlap_allowed": sorted(set(allowed)),
         "on_overlap": spec.holdout.on_overlap,
@@ -254,14 +284,18 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
 
 
 def _eligible_templates(task: Task, spec: MixtureSpec) -> list[str]:
+    """Training templates in file order; ``templates.per_task`` keeps the first N (FLAN's
+    ``patterns[:k]``). Without instructions, turned-around templates make no sense: left out."""
     out = []
+    bare = spec.formats.instructions != "templates"
     for t in task.templates:
-        if t.inverted and spec.templates.inverted is False:
+        if t.inverted and (spec.templates.inverted is False or bare):
             continue
         if t.cot and not spec.templates.cot:
             continue
         out.append(t.id)
-    return out
+    n = spec.templates.per_task
+    return out[:n] if n else out
 
 
 def _seeded_rng(seed: int, *parts: str) -> np.random.Generator:
@@ -373,9 +407,12 @@ def plan_mixture(
                 members.append(("submix", child[0].name, sub_members, child[0]))
         return members, sum(_size(m) for m in members)
 
-    def _size(member) -> int:
+    def _size(member, rows: bool = False) -> int:
+        """Examples available (or, with rows, the source rows: what rates count)."""
         kind, _, obj, _ = member
-        return obj.pool if kind == "task" else sum(_size(m) for m in obj)
+        if kind == "task":
+            return obj.num_selected if rows else obj.pool
+        return sum(_size(m, rows) for m in obj)
 
     members, total_pool = rate_tree(tree)
     if total_pool == 0:
@@ -397,10 +434,10 @@ def plan_mixture(
                     if (sub is not None and sub.weight is not None)
                     else mixing.weights.get(name, mixing.default_weight)
                 )
-            elif kind == "task":
-                w = min(obj.pool, mixing.max_rate) if mixing.max_rate else obj.pool
+            elif kind == "task":  # source rows, not rows x templates (mode "all")
+                w = min(obj.num_selected, mixing.max_rate) if mixing.max_rate else obj.num_selected
             else:
-                w = sub.weight if sub.weight is not None else _size((kind, name, obj, sub))
+                w = sub.weight if sub.weight is not None else _size((kind, name, obj, sub), True)
             rates.append(float(w))
         for (kind, _, obj, sub), n in zip(members, _largest_remainder(total, rates), strict=True):
             if kind == "task":
@@ -514,6 +551,7 @@ class UnitRenderer:
         self.ctx = ctx
         self._compiled: dict[str, dict[str, CompiledTemplate]] = {}
         self._prepare: dict[str, RowPreparer] = {}
+        self._references: dict[str, References] = {}
         self._readers: dict[str, SourceReader] = {}
         self._blocks: dict[tuple, tuple[str, tuple[str, ...]]] = {}
 
@@ -528,6 +566,7 @@ class UnitRenderer:
                 for tt in t.templates
             }
             self._prepare[task] = RowPreparer(t, Location(file=file))
+            self._references[task] = References(t, Location(file=file))
         return self._compiled[task]
 
     def _reader(self, key: str) -> SourceReader:
@@ -609,12 +648,14 @@ class UnitRenderer:
         rows: list[tuple] = []
         metrics_gen = list(task.evaluation.metrics)
         split = tp.handle.split
+        refs_of = self._references[unit.task]
         for j, pos in enumerate(inverse.tolist()):
             row = prepared[pos]
             index = int(src[j])
             if isinstance(row, Skip):
                 dropped[(unit.task, "*", row.reason)] += len(tp.templates)
                 continue
+            gold = None  # the references expression's answers, computed once per row
             for tid in tp.templates:
                 ct = compiled[tid]
                 try:
@@ -633,8 +674,20 @@ class UnitRenderer:
                     if spec.eval.options_in_input and not ct.template.choices_in_input:
                         text_in += self._block(choices, None)[0]
                     fmt, metrics = "zs_opt", ["accuracy"]
+                    references = [target]  # the correct option
                 else:
                     fmt, metrics = ("cot" if ct.template.cot else "zs_noopt"), metrics_gen
+                    if ct.template.inverted:
+                        references = [
+                            target
+                        ]  # e.g. the question of a "write the question" template
+                    else:
+                        if gold is None:
+                            try:
+                                gold = refs_of.values(row)
+                            except TemplateError as exc:
+                                raise self._fail(exc, unit.task, split, index) from exc
+                        references = list(dict.fromkeys([target, *gold]))
                 rows.append(
                     (
                         text_in,
@@ -647,6 +700,7 @@ class UnitRenderer:
                         options,
                         answer,
                         metrics,
+                        references,
                         split,
                         index,
                         example_id(seed, "eval", unit.task, tid, fmt, split, index, 0),
@@ -755,6 +809,7 @@ class UnitRenderer:
                     options,
                     answer,
                     None,
+                    None,
                     split,
                     index,
                     example_id(seed, "train", unit.task, tid, fmt, split, index, rep),
@@ -816,12 +871,12 @@ def _target_error(
 
 COLUMNS = (
     "inputs", "targets", "task", "cluster", "template_id", "inverted", "format", "options",
-    "answer_index", "metrics", "source_split", "source_index", "example_id",
+    "answer_index", "metrics", "references", "source_split", "source_index", "example_id",
 )  # fmt: skip
 
 
 def _columns(rows: list[tuple]) -> dict[str, list]:
-    """Rows (tuples in COLUMNS order) to columns; one transpose in C instead of 13 appends a row."""
+    """Rows (tuples in COLUMNS order) to columns; one transpose in C instead of 14 appends a row."""
     if not rows:
         return {c: [] for c in COLUMNS}
     return {name: list(col) for name, col in zip(COLUMNS, zip(*rows, strict=True), strict=True)}

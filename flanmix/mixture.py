@@ -52,6 +52,8 @@ SCHEMA = pa.schema(
         pa.field(
             "metrics", pa.list_(pa.string())
         ),  # eval: accuracy for options, else generation metrics
+        # eval: every gold answer (target first; see flanmix.render.References); train: null
+        pa.field("references", pa.list_(pa.string())),
         pa.field("source_split", pa.string(), nullable=False),
         pa.field("source_index", pa.int64(), nullable=False),
         pa.field("example_id", pa.string(), nullable=False),  # stable hash, see flanmix.mix

@@ -393,6 +393,56 @@ def compile_template(
     )
 
 
+class References:
+    """A task's ``evaluation.references`` expression, compiled once in the sandbox.
+
+    ``refs(row, target)`` gives the row's gold answers: the target first, then every string the
+    expression yields (stripped, non-empty, duplicates dropped). No expression: ``[target]``.
+    """
+
+    def __init__(self, task: Task, location: Location | None = None):
+        self.source = task.evaluation.references
+        self._loc = (location or Location()).with_(task=task.id, field="evaluation.references")
+        self._expr = None
+        if self.source is not None:
+            try:
+                self._expr = _compile_expression(self.source)
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(
+                    f"references is not a valid Jinja expression: {exc.message}",
+                    location=self._loc,
+                    hint="write an expression giving a list, e.g. 'answers.text' or '[answer] + aliases'",
+                ) from exc
+
+    def values(self, row: Mapping[str, Any]) -> list[str]:
+        """The expression's strings for a prepared row (empty without an expression)."""
+        if self._expr is None:
+            return []
+        try:
+            value = self._expr(**{**GLOBALS_SNAPSHOT, **row})
+        except Exception as exc:  # noqa: BLE001 - a bad expression is the task file's error
+            raise _template_error(exc, self._loc, "evaluation.references") from exc
+        if isinstance(value, jinja2.Undefined):
+            raise TemplateError(
+                f"references expression {self.source!r} is undefined for this row",
+                location=self._loc,
+                hint="use only the task's declared fields; guard optional keys with 'is defined'",
+            )
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        elif not isinstance(value, Iterable) or isinstance(value, Mapping):
+            raise TemplateError(
+                f"references expression must give a list of strings, got {type(value).__name__}",
+                location=self._loc,
+            )
+        return [text for v in value if v is not None and (text := str(v).strip())]
+
+    def __call__(self, row: Mapping[str, Any], target: str) -> list[str]:
+        return list(dict.fromkeys([target, *self.values(row)]))
+
+
 def template_variables(template: Template) -> dict[str, set[str]]:
     """Variables each part of a template reads (part name -> names)."""
     out = {

@@ -207,6 +207,27 @@ class Evaluation(_Model):
     metrics: list[Literal["exact_match", "rouge_l", "bleu"]] = Field(
         default_factory=lambda: ["rouge_l"]
     )
+    references: str | None = Field(
+        default=None,
+        description=(
+            "a Jinja expression giving a row's gold answers as a list (e.g. 'answers.text'; "
+            "'{{ answers.text }}' is accepted too). Eval rows of non-inverted generation templates "
+            "carry the target plus these in their 'references' column, and exact match / F1 take "
+            "the best over them. Default: the target alone."
+        ),
+    )
+
+    @field_validator("references")
+    @classmethod
+    def _references(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value.strip()
+        if text.startswith("{{") and text.endswith("}}"):
+            text = text[2:-2].strip()
+        if not text:
+            raise ValueError("references expression is empty")
+        return text
 
 
 class Template(_Model):

@@ -307,6 +307,46 @@ def test_eval_split_every_template_with_options_column(tmp_path, catalog):
     assert {r["format"] for r in rows if r["task"] == "trivia"} == {"zs_noopt", "cot"}
 
 
+def test_eval_rows_carry_references(tmp_path):
+    """Non-inverted generation rows: target + the task's references expression; inverted and
+    options rows: their target; train rows: null."""
+    import shutil
+
+    import yaml
+
+    lib = tmp_path / "lib"
+    shutil.copytree(FIXTURE, lib)
+    path = lib / "task_templates/qa/trivia.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["evaluation"]["references"] = "{{ [answer, 'the ' ~ answer, answer, ''] }}"
+    data.pop("inverted_unavailable")
+    data["templates"].append(
+        {
+            "id": "ask",
+            "inverted": True,
+            "input": "Ask for {{ answer }}.",
+            "target": "{{ question }}",
+        }
+    )
+    path.write_text(yaml.safe_dump(data))
+    spec = make_spec(holdout={"clusters": ["qa", "nli"], "on_overlap": "remove"})
+    compile_(spec, tmp_path / "out", load_catalog(lib))
+    mix = Mixture.open(tmp_path / "out")
+    rows = list(mix.iter_rows("eval"))
+    seen = set()
+    for r in rows:
+        if r["options"] is not None or r["inverted"]:
+            assert r["references"] == [r["targets"]]
+        elif r["task"] == "trivia":
+            answer = re.search(r"(\d+)\.?$", r["targets"]).group(1)
+            assert r["references"] == list(dict.fromkeys([r["targets"], answer, "the " + answer]))
+        else:  # no references expression: the target alone
+            assert r["references"] == [r["targets"]]
+        seen.add((r["task"], r["inverted"], r["options"] is None))
+    assert {("trivia", True, True), ("trivia", False, True), ("ent", False, False)} <= seen
+    assert all(r["references"] is None for r in mix.iter_rows("train", columns=["references"]))
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -60,6 +60,7 @@ def row(inputs, targets, task, cluster, template, options=None, answer=None, met
         "options": options,
         "answer_index": answer,
         "metrics": metrics or (["accuracy"] if options else ["exact_match", "rouge_l", "bleu"]),
+        "references": [targets],
         "source_split": "train",
         "source_index": index,
         "example_id": f"{task}.{template}.{index}",
