@@ -544,6 +544,72 @@ def _run_import_promptsource(args) -> int:
     return 0 if report.imported and not report.unreadable else 1
 
 
+# ----------------------------------------------------------------------------- sources
+
+
+def _add_sources(sub) -> None:
+    p = sub.add_parser("sources", help="task sources: build local copies from release files")
+    actions = p.add_subparsers(dest="sources_command", required=True, metavar="ACTION")
+    # every `flanmix sources ACTION` registers on `actions` here
+    _add_sources_build(actions)
+
+
+def _add_sources_build(actions) -> None:
+    p = actions.add_parser(
+        "build",
+        help="convert a task's original release files into its local Parquet (one file per split)",
+        description="For tasks with no script-free copy on the hub: read the files as their "
+        "authors released them (--from) and write <split>.parquet in the task's schema. Without "
+        "--from, the error names the files the task needs and where to get them.",
+    )
+    p.add_argument("task", help="task id, e.g. story_cloze")
+    p.add_argument(
+        "--from", dest="source", type=Path, help="folder, file or archive of the release"
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        help="output folder (default: where the task file's source.local points)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing <split>.parquet")
+    p.add_argument("--root", type=Path, default=None, help="folder holding task_templates/")
+    p.set_defaults(func=_run_sources_build)
+
+
+def _run_sources_build(args) -> int:
+    from .errors import Location, SourceError
+    from .source_build import BUILDERS, build, default_out
+
+    catalog = _catalog(args)
+    task_file = catalog.task_file(args.task)
+    task = task_file.task
+    builder = BUILDERS.get(task.id)
+    if builder is None:
+        where = f" ({task.source.hf.path})" if task.source.hf else ""
+        raise SourceError(
+            f"no converter for {task.id}: its source is on the hub{where}",
+            location=Location(task=task.id),
+            hint="tasks with a converter: " + ", ".join(sorted(BUILDERS)),
+        )
+    out = args.out or default_out(task, task_file.path)
+    if args.source is None:
+        raise SourceError(
+            f"--from is required: {task.id} is built from {builder.files}",
+            location=Location(task=task.id),
+            hint=f"download them, then run `flanmix sources build {task.id} --from DIR`",
+        )
+    if out is None:
+        raise SourceError(
+            "give -o OUT: this task's file does not name a local Parquet folder",
+            location=Location(task=task.id),
+        )
+    counts = build(task, args.source, out, overwrite=args.overwrite)
+    for split, n in counts.items():
+        print(f"{out / (split + '.parquet')}: {n} rows")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -568,6 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_demo,
         _add_import,
+        _add_sources,
     ):
         add(sub)
     return parser
