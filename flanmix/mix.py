@@ -100,8 +100,6 @@ class TaskPlan:
     pool: int  # examples available: selected rows (x templates in mode "all")
     planned: int = 0  # examples allotted by the mixing rates
     draws: int = 0  # rows drawn (with repeats); x templates in mode "all"
-    #: eval rows with exemplars: the task's training split, where the exemplars come from
-    shots: SourceHandle | None = None
 
     @property
     def num_selected(self) -> int:
@@ -218,37 +216,15 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
         held_tasks.update(t for t in catalog.tasks_in_cluster(c) if t in catalog.tasks)
     removed: dict[str, str] = {}
     allowed: list[str] = []
-    related: dict[str, str] = {}
-    cf = catalog.clusters
-    mode = spec.holdout.on_overlap
-    # variants of one dataset (anli r1-r3, mnli, arc, squad ...) are held out together
-    for g in cf.related if cf else []:
-        members = [t for t in g.tasks if t in catalog.tasks]
-        if not held_tasks & set(members):
-            continue
-        outside = [t for t in members if t not in held_tasks]
-        if not outside:
-            continue
-        if mode == "error":
-            raise SpecError(
-                f"holdout splits related tasks {g.name!r} ({g.reason or 'variants of one dataset'}): "
-                f"{', '.join(outside)} would still train",
-                location=_spec_loc(spec_file, "holdout"),
-                hint=f"hold out all of {', '.join(members)}, or set on_overlap: remove or allow",
-            )
-        if mode == "allow":
-            allowed.append(g.name)
-            continue
-        for t in outside:
-            related[t] = g.name
-            held_tasks.add(t)
-    # overlap groups guard cluster holdouts (FLAN's inter-cluster rule); a held-out task fires a
-    # group only when the group names that task (FLAN's intra-cluster splits keep its siblings)
-    groups = cf.overlap_groups if cf else []
+    groups = catalog.clusters.overlap_groups if catalog.clusters else []
     for g in groups:
         members_c = set(g.clusters)
         members_t = set(g.tasks)
-        hit = (members_c & held_clusters) or (members_t & held_tasks)
+        hit = (
+            (members_c & held_clusters)
+            or (members_t & held_tasks)
+            or any(t in held_tasks for c in members_c for t in catalog.tasks_in_cluster(c))
+        )
         if not hit:
             continue
         group_tasks = set(members_t) | {t for c in members_c for t in catalog.tasks_in_cluster(c)}
@@ -256,6 +232,7 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
         outside = sorted(group_tasks - held_tasks)
         if not outside:
             continue
+        mode = spec.holdout.on_overlap
         if mode == "error":
             raise SpecError(
                 f"holdout splits overlap group {g.name!r} ({g.reason or 'overlapping clusters'}): "
@@ -268,15 +245,9 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
                 removed.setdefault(t, g.name)
         else:
             allowed.append(g.name)
-    # a task built from another task's text never trains while that text is held out
-    for t, origins in (cf.built_from if cf else {}).items():
-        hit = [o for o in origins if o in held_tasks or o in removed]
-        if hit and t in catalog.tasks and t not in held_tasks:
-            removed.setdefault(t, f"built_from:{hit[0]}")
     return {
         "clusters": sorted(held_clusters),
         "tasks": sorted(held_tasks),
-        "related": dict(sorted(related.items())),
         "removed_for_overlap": dict(sorted(removed.items())),
         "overlap_allowed": sorted(set(allowed)),
         "on_overlap": spec.holdout.on_overlap,
@@ -284,18 +255,14 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
 
 
 def _eligible_templates(task: Task, spec: MixtureSpec) -> list[str]:
-    """Training templates in file order; ``templates.per_task`` keeps the first N (FLAN's
-    ``patterns[:k]``). Without instructions, turned-around templates make no sense: left out."""
     out = []
-    bare = spec.formats.instructions != "templates"
     for t in task.templates:
-        if t.inverted and (spec.templates.inverted is False or bare):
+        if t.inverted and spec.templates.inverted is False:
             continue
         if t.cot and not spec.templates.cot:
             continue
         out.append(t.id)
-    n = spec.templates.per_task
-    return out[:n] if n else out
+    return out
 
 
 def _seeded_rng(seed: int, *parts: str) -> np.random.Generator:
@@ -407,12 +374,9 @@ def plan_mixture(
                 members.append(("submix", child[0].name, sub_members, child[0]))
         return members, sum(_size(m) for m in members)
 
-    def _size(member, rows: bool = False) -> int:
-        """Examples available (or, with rows, the source rows: what rates count)."""
+    def _size(member) -> int:
         kind, _, obj, _ = member
-        if kind == "task":
-            return obj.num_selected if rows else obj.pool
-        return sum(_size(m, rows) for m in obj)
+        return obj.pool if kind == "task" else sum(_size(m) for m in obj)
 
     members, total_pool = rate_tree(tree)
     if total_pool == 0:
@@ -434,10 +398,10 @@ def plan_mixture(
                     if (sub is not None and sub.weight is not None)
                     else mixing.weights.get(name, mixing.default_weight)
                 )
-            elif kind == "task":  # source rows, not rows x templates (mode "all")
-                w = min(obj.num_selected, mixing.max_rate) if mixing.max_rate else obj.num_selected
+            elif kind == "task":
+                w = min(obj.pool, mixing.max_rate) if mixing.max_rate else obj.pool
             else:
-                w = sub.weight if sub.weight is not None else _size((kind, name, obj, sub), True)
+                w = sub.weight if sub.weight is not None else _size((kind, name, obj, sub))
             rates.append(float(w))
         for (kind, _, obj, sub), n in zip(members, _largest_remainder(total, rates), strict=True):
             if kind == "task":
@@ -677,10 +641,8 @@ class UnitRenderer:
                     references = [target]  # the correct option
                 else:
                     fmt, metrics = ("cot" if ct.template.cot else "zs_noopt"), metrics_gen
-                    if ct.template.inverted:
-                        references = [
-                            target
-                        ]  # e.g. the question of a "write the question" template
+                    if ct.template.inverted:  # e.g. "write the question": the question
+                        references = [target]
                     else:
                         if gold is None:
                             try:
