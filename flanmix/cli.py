@@ -446,7 +446,8 @@ def _add_export(sub) -> None:
         "--format",
         dest="fmt",
         default="prompt-completion",
-        choices=("prompt-completion", "messages", "text", "jsonl"),
+        choices=("prompt-completion", "messages", "text", "jsonl", "lm-eval"),
+        help="lm-eval: the eval split as lm-evaluation-harness tasks, one group per held-out cluster",
     )
     p.add_argument(
         "--file-format",
@@ -469,6 +470,16 @@ def _add_export(sub) -> None:
 
 def _run_export(args) -> int:
     from .export import export_mixture
+
+    if args.fmt == "lm-eval":
+        from .lm_eval_export import export_lm_eval
+
+        done = export_lm_eval(args.mixture, args.out, overwrite=args.overwrite)
+        print(f"{args.out}: {len(done['tasks'])} lm-eval tasks, groups {', '.join(done['groups'])}")
+        print(
+            f"run: lm_eval --model hf --model_args pretrained=DIR --include_path {args.out} --tasks GROUP"
+        )
+        return 0
 
     file_format = args.file_format or ("jsonl" if args.fmt == "jsonl" else "parquet")
     summary = export_mixture(

@@ -1,0 +1,135 @@
+"""Metrics for the lm-evaluation-harness tasks that ``flanmix export --format lm-eval`` writes.
+
+This file is copied as ``utils.py`` next to the exported task YAMLs, which name its functions with
+``!function utils.<name>``; it imports nothing from flanmix (only what lm-eval itself depends on), so
+an export runs wherever ``lm_eval`` is installed.
+
+Every metric is on a 0-100 scale, like flanmix's own ``results.json``, and is computed per template
+and then averaged over the templates of the task (FLAN's task score: each template counts once, not
+each row), so per-row values are ``(template_id, value)`` pairs and the aggregations below group them.
+
+- options rows: ``acc`` (argmax of the summed log-likelihood) and ``acc_norm`` (argmax of the
+  log-likelihood divided by the option's length in characters, the harness's definition);
+- generation rows: ``exact_match`` and ``f1`` with SQuAD normalization, each the best over the row's
+  references; ``rouge1``/``rouge2``/``rougeL`` F-measures (stemmed, best over references) and corpus
+  ``bleu`` (sacreBLEU, all references) when the task lists them;
+- ``score`` (rows of a task's scored kind, ``doc["scored"]``): the task's primary metric (``acc``
+  for options tasks), which the cluster groups average.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter, defaultdict
+
+GEN_METRICS = ("exact_match", "f1", "rouge1", "rouge2", "rougeL", "bleu")
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalization: lowercase, drop punctuation and articles, squeeze whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD token F1 between normalized prediction and reference (0-1)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def references(doc: dict) -> list[str]:
+    refs = [r for r in (doc.get("references") or []) if r is not None]
+    return refs or [doc["targets"]]
+
+
+def _primary(doc: dict) -> str:
+    return doc.get("primary_metric") or "rougeL"
+
+
+# ----------------------------------------------------------------------------- per row
+
+
+def process_options(doc: dict, results: list) -> dict:
+    """Rank classification of one options row from the harness's per-option log-likelihoods."""
+    lls = [r[0] if isinstance(r, (tuple, list)) else r for r in results]
+    options = doc["options"]
+    pred = max(range(len(lls)), key=lls.__getitem__)
+    norm = [ll / max(1, len(o)) for ll, o in zip(lls, options, strict=True)]
+    pred_norm = max(range(len(norm)), key=norm.__getitem__)
+    gold = doc["answer_index"]
+    tid = doc["template_id"]
+    out = {"acc": (tid, 100.0 * (pred == gold)), "acc_norm": (tid, 100.0 * (pred_norm == gold))}
+    if doc.get("scored"):
+        out["score"] = out["acc"]
+    return out
+
+
+def process_generation(doc: dict, results: list) -> dict:
+    """Scores of one generated answer against all of the row's references."""
+    prediction = (results[0] if results else "").strip()
+    refs = references(doc)
+    tid = doc["template_id"]
+    wanted = set(doc.get("report_metrics") or ("exact_match", "f1"))
+    out: dict = {}
+    norm = normalize_answer(prediction)
+    out["exact_match"] = (tid, 100.0 * max(norm == normalize_answer(r) for r in refs))
+    out["f1"] = (tid, 100.0 * max(token_f1(prediction, r) for r in refs))
+    rouge = [m for m in ("rouge1", "rouge2", "rougeL") if m in wanted]
+    if rouge:
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(rouge, use_stemmer=True)
+        scores = [scorer.score(r, prediction) for r in refs]
+        for m in rouge:
+            out[m] = (tid, 100.0 * max(s[m].fmeasure for s in scores))
+    if "bleu" in wanted:
+        out["bleu"] = (tid, (prediction, refs))
+    if doc.get("scored"):
+        out["score"] = out[_primary(doc)]
+    return {k: v for k, v in out.items() if k in wanted or k == "score"}
+
+
+# ----------------------------------------------------------------------------- aggregations
+
+
+def _by_template(items: list) -> dict[str, list]:
+    groups: dict[str, list] = defaultdict(list)
+    for tid, value in items:
+        groups[tid].append(value)
+    return groups
+
+
+def template_mean(items: list) -> float:
+    """Mean over templates of each template's mean over its rows."""
+    groups = _by_template(items)
+    if not groups:
+        return 0.0
+    return sum(sum(v) / len(v) for v in groups.values()) / len(groups)
+
+
+def corpus_bleu(pairs: list) -> float:
+    """sacreBLEU over (prediction, references) pairs; rows may have different numbers of references."""
+    import sacrebleu
+
+    if not pairs:
+        return 0.0
+    width = max(len(refs) for _, refs in pairs)
+    streams = [[refs[i] if i < len(refs) else None for _, refs in pairs] for i in range(width)]
+    return sacrebleu.corpus_bleu([p for p, _ in pairs], streams).score
+
+
+def template_bleu(items: list) -> float:
+    """Mean over templates of each template's corpus BLEU."""
+    groups = _by_template(items)
+    if not groups:
+        return 0.0
+    return sum(corpus_bleu(v) for v in groups.values()) / len(groups)
