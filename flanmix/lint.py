@@ -9,6 +9,7 @@ library's standard) and ``info`` (worth knowing, e.g. a dataset that needs a man
 from __future__ import annotations
 
 import difflib
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -16,12 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jinja2 import nodes
 from pydantic import ValidationError
 
 from .catalog import CLUSTERS_FILE, TEMPLATES_DIR, TaskFile, iter_task_paths, validation_problems
 from .errors import FlanmixError, Location, did_you_mean
 from .render import (
     ANSWER_CHOICES,
+    ENV,
     References,
     RowPreparer,
     Skip,
@@ -163,6 +166,7 @@ class _TaskLinter:
         compiled = self.check_templates()
         self.check_counts()
         self.check_near_duplicates()
+        self.check_lowercased_names(compiled)
         self.render_samples(compiled)
 
     # -- samples
@@ -345,6 +349,29 @@ class _TaskLinter:
                         "vary the wording and structure, or remove one",
                     )
 
+    def check_lowercased_names(self, compiled: list) -> None:
+        """``| lower`` (or ``| capitalize``) on a whole field whose sample values hold names."""
+        rows = [self.task.rename_row(raw) for raw in self.task.samples]
+        for index, ct in compiled:
+            template = ct.template
+            for part in ("input", "target"):
+                for lineno, filt, path in _case_lowering(getattr(template, part)):
+                    if path[0] not in self.task.fields:
+                        continue  # a {% set %} or loop variable, not a field
+                    names = _capitalized_words(_values_at(rows, path))
+                    if not names:
+                        continue
+                    shown = ", ".join(repr(w) for w in names[:3])
+                    self.add(
+                        "warning",
+                        "lowercases-names",
+                        self._tloc(index, template.id, part, lineno),
+                        f"{part} applies '| {filt}' to field {_path_text(path)!r}, whose sample values "
+                        f"contain capitalized words ({shown}) that it would lower-case",
+                        "names lose their case ('marta lopez lives in portugal'); insert the field as "
+                        "it is (quote it, or make it its own sentence)",
+                    )
+
     # -- templates, on every sample row
 
     def render_samples(self, compiled: list) -> None:
@@ -472,6 +499,82 @@ class _TaskLinter:
 
 def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+_LOWERING_FILTERS = ("lower", "capitalize")
+# a capitalized word that does not start a sentence (a name, most likely): "Lake Orrin", "BBC"
+_MID_SENTENCE_CAPITAL = re.compile(
+    r"(?<![.!?:;\"'(\[\-—–\s])\s+(?!I\b|I['’])([A-Z][\w'’-]*[A-Za-z])"
+)
+
+
+def _case_lowering(source: str) -> list[tuple[int, str, tuple[Any, ...]]]:
+    """(line, filter, path) for each lowering filter applied to a whole field (through other filters).
+
+    ``path`` is the field and any attribute or constant index after it (``translation.en``,
+    ``answers[0]``). A filter on a slice, method call or computed value is not a whole field.
+    """
+    try:
+        tree = ENV.parse(source)
+    except Exception:  # a syntax error is reported by check_templates
+        return []
+    found = []
+    for node in tree.find_all(nodes.Filter):
+        if node.name not in _LOWERING_FILTERS:
+            continue
+        base = node.node
+        while isinstance(base, nodes.Filter):
+            base = base.node
+        keys: list[Any] = []
+        while isinstance(base, nodes.Getattr | nodes.Getitem):
+            if isinstance(base, nodes.Getattr):
+                keys.append(base.attr)
+            elif isinstance(base.arg, nodes.Const):
+                keys.append(base.arg.value)
+            else:
+                break
+            base = base.node
+        if isinstance(base, nodes.Name):
+            found.append((node.lineno, node.name, (base.name, *reversed(keys))))
+    return found
+
+
+def _values_at(rows: list[dict[str, Any]], path: tuple[Any, ...]) -> list[str]:
+    """Every string at ``path`` in the rows (the whole field where a key does not resolve)."""
+    out: list[str] = []
+
+    def strings(value: Any) -> None:
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                strings(v)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                strings(v)
+
+    for row in rows:
+        value = row.get(path[0])
+        for key in path[1:]:
+            try:
+                value = value[key]
+            except (KeyError, IndexError, TypeError):
+                value = row.get(path[0])
+                break
+        strings(value)
+    return out
+
+
+def _capitalized_words(values: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for value in values:
+        for match in _MID_SENTENCE_CAPITAL.finditer(value):
+            seen.setdefault(match.group(1), None)
+    return list(seen)
+
+
+def _path_text(path: tuple[Any, ...]) -> str:
+    return str(path[0]) + "".join(f".{k}" if isinstance(k, str) else f"[{k}]" for k in path[1:])
 
 
 # ----------------------------------------------------------------------------- whole library

@@ -364,6 +364,12 @@ RESUME_KEYS = (
 )  # fmt: skip
 
 
+#: Settings of the learning-rate schedule: a resumed run that changed them would jump to another
+#: point of another curve (raising max_steps from 60 to 120 at step 60 moves the LR from its
+#: floor back up to the middle of a new cosine), so resuming with them changed is refused.
+SCHEDULE_KEYS = ("max_steps", "lr", "warmup_steps", "min_lr_ratio")
+
+
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
     current = asdict(cfg)
     changed = [k for k in RESUME_KEYS if k in saved and saved[k] != current.get(k)]
@@ -373,6 +379,16 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> No
             f"cannot resume from {where}: settings that decide the data order changed ({detail})",
             location=Location(file=str(where / "state.pt")),
             hint="resume with the checkpoint's settings, or start a new run in another folder",
+        )
+    moved = [k for k in SCHEDULE_KEYS if k in saved and saved[k] != current.get(k)]
+    if moved:
+        detail = ", ".join(f"{k}: {saved[k]!r} -> {current.get(k)!r}" for k in moved)
+        raise TrainError(
+            f"cannot resume from {where}: the learning-rate schedule changed ({detail}); "
+            "the run would continue on a different curve",
+            location=Location(file=str(where / "state.pt")),
+            hint="resume with the checkpoint's settings; to train a finished model further, "
+            f"start a new run from it: --model {where.parent.parent / 'model'} -o ANOTHER_FOLDER",
         )
 
 

@@ -152,3 +152,21 @@ def test_lint_scales_to_a_hundred_tasks(tmp_path):
     assert report.tasks == 100 and report.templates == 1000 and report.renders == 5000
     assert [str(f) for f in report.findings if f.code != "near-duplicate-template"] == []
     print(f"lint 100x10x5: {elapsed:.2f}s")
+
+
+def test_lowercases_names_looks_at_whole_fields_with_names():
+    from flanmix.lint import _capitalized_words, _case_lowering
+
+    found = _case_lowering(
+        "{{ a | trim('.') | lower }} {{ t.en | capitalize }} {{ xs[0] | lower }}\n"
+        "{% set c = a %}{{ c | lower }} {{ a.split()[0] | lower }} {{ a[1:] | lower }} {{ a | upper }}"
+    )
+    # set variables are filtered out later (not a declared field); calls and slices are not whole fields
+    assert found == [
+        (1, "lower", ("a",)),
+        (1, "capitalize", ("t", "en")),
+        (1, "lower", ("xs", 0)),
+        (2, "lower", ("c",)),
+    ]
+    assert _capitalized_words(["Washing a dog. Then I said I'm fine", "(Daily) news"]) == []
+    assert _capitalized_words(["we met Ana Lima at the BBC."]) == ["Ana", "Lima", "BBC"]

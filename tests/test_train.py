@@ -305,8 +305,13 @@ def test_resume_refuses_settings_that_change_the_data_order(mixture, tmp_path):
     run(mixture, tmp_path / "run", "max_steps=4", "save_every=2")
     with pytest.raises(FlanmixError, match=r"data order changed \(batch_size: 8 -> 4\)"):
         run(mixture, tmp_path / "run", "max_steps=6", "batch_size=4", resume="latest")
-    summary, log = run(mixture, tmp_path / "run", "max_steps=6", resume="latest")  # longer is fine
-    assert summary["resumed_from"].endswith("step-000004") and log[-1]["step"] == 6
+    # a longer run would restart the cosine from another point: refused, with the way out
+    with pytest.raises(FlanmixError, match=r"schedule changed \(max_steps: 4 -> 6\)") as err:
+        run(mixture, tmp_path / "run", "max_steps=6", resume="latest")
+    assert "--model" in str(err.value)
+    first = tmp_path / "run" / "checkpoints" / "step-000002"
+    summary, log = run(mixture, tmp_path / "run", "max_steps=4", resume=str(first))
+    assert summary["resumed_from"].endswith("step-000002") and log[-1]["step"] == 4
 
 
 def test_packing_is_refused_for_architectures_that_would_mix_examples(mixture, tmp_path):
