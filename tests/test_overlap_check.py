@@ -6,6 +6,7 @@ from scripts.check_flan_overlap import (
     check_library,
     flan_references,
     main,
+    promptsource_references,
     read_flan_patterns,
     words,
 )
@@ -199,3 +200,41 @@ def test_main_exit_codes_and_unmatched_task_note(tmp_path, capsys):
     bad.write_text("X = 1\n")
     assert main([str(bad), "--library", str(lib)]) == 2
     assert "no 'PATTERNS = {...}'" in capsys.readouterr().err
+
+
+def test_promptsource_templates_split_at_the_separator(tmp_path):
+    ps = tmp_path / "ps" / "toy_set"
+    ps.mkdir(parents=True)
+    (ps / "templates.yaml").write_text(
+        textwrap.dedent(
+            """\
+            dataset: toy_set
+            templates:
+              a1: !Template
+                id: a1
+                name: feeling
+                jinja: '{{text}} Is the mood of this little piece of prose bright or dark? ||| {{answer_choices[label]}}'
+                answer_choices: dark ||| bright
+                metadata: !TemplateMetadata {original_task: true}
+            """
+        )
+    )
+    lib = _library(
+        tmp_path,
+        "toy_reviews",
+        """
+        - id: copied
+          input: "{{ text }} is the MOOD of this little piece of prose bright or dark"
+          target: "{{ answer_choices[label] }}"
+          answer_choices: [gloomy, upbeat]
+        """,
+    )
+    refs = promptsource_references(tmp_path / "ps")
+    assert [r.origin for r in refs] == [
+        "promptsource toy_set 'feeling' input",
+        "promptsource toy_set 'feeling' target",
+    ]
+    assert check_library(lib, None, refs)[0] == []  # toy_reviews maps to no promptsource dataset
+    (overlap,) = check_library(lib, None, refs, any_task=True)[0]
+    assert overlap.reference == "promptsource toy_set 'feeling' input"
+    assert len(overlap.shared) == 12
