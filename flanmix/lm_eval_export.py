@@ -99,8 +99,7 @@ def decode_budget(rows: list[dict[str, Any]], floor: int = 16, cap: int = 512) -
 
 
 def _references(row: dict[str, Any]) -> list[str]:
-    refs = [r for r in (row.get("references") or []) if r]
-    return refs or [row["targets"]]
+    return row.get("references") or [row["targets"]]
 
 
 def _q(value: Any) -> str:
@@ -282,6 +281,20 @@ def export_lm_eval(
             "the mixture has no eval split (no held-out cluster?)",
             location=Location(file=str(mixture.path)),
         )
+    for row in rows:  # the contract: every eval row lists its references, target first
+        if "references" not in row:
+            raise LmEvalExportError(
+                "the mixture has no references column (compiled by an older flanmix)",
+                location=Location(file=str(mixture.path)),
+                hint="compile the mixture again",
+            )
+        if not row["references"]:
+            raise LmEvalExportError(
+                f"eval row {row['example_id']} has no references",
+                location=Location(
+                    file=str(mixture.path), task=row["task"], template=row["template_id"]
+                ),
+            )
     leaves = plan_leaves(rows, prefix)
     clean_stale(dest)
     tmp = tmp_dir_for(dest)

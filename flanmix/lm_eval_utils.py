@@ -11,8 +11,9 @@ each row), so per-row values are ``(template_id, value)`` pairs and the aggregat
 - options rows: ``acc`` (argmax of the summed log-likelihood) and ``acc_norm`` (argmax of the
   log-likelihood divided by the option's length in characters, the harness's definition);
 - generation rows: ``exact_match`` and ``f1`` with SQuAD normalization, each the best over the row's
-  references; ``rouge1``/``rouge2``/``rougeL`` F-measures (stemmed, best over references) and corpus
-  ``bleu`` (sacreBLEU, all references) when the task lists them;
+  ``references``; ``rouge1``/``rouge2``/``rougeL`` F-measures (stemmed) and corpus ``bleu``
+  (sacreBLEU) against the first reference (the target) when the task lists them. These are
+  ``flanmix evaluate``'s definitions (``flanmix.evaluate``);
 - ``score`` (rows of a task's scored kind, ``doc["scored"]``): the task's primary metric (``acc``
   for options tasks), which the cluster groups average.
 """
@@ -47,8 +48,7 @@ def token_f1(prediction: str, reference: str) -> float:
 
 
 def references(doc: dict) -> list[str]:
-    refs = [r for r in (doc.get("references") or []) if r is not None]
-    return refs or [doc["targets"]]
+    return doc.get("references") or [doc["targets"]]
 
 
 def _primary(doc: dict) -> str:
@@ -88,11 +88,11 @@ def process_generation(doc: dict, results: list) -> dict:
         from rouge_score import rouge_scorer
 
         scorer = rouge_scorer.RougeScorer(rouge, use_stemmer=True)
-        scores = [scorer.score(r, prediction) for r in refs]
+        scores = scorer.score(refs[0], prediction)
         for m in rouge:
-            out[m] = (tid, 100.0 * max(s[m].fmeasure for s in scores))
+            out[m] = (tid, 100.0 * scores[m].fmeasure)
     if "bleu" in wanted:
-        out["bleu"] = (tid, (prediction, refs))
+        out["bleu"] = (tid, (prediction, refs[0]))
     if doc.get("scored"):
         out["score"] = out[_primary(doc)]
     return {k: v for k, v in out.items() if k in wanted or k == "score"}
@@ -117,14 +117,12 @@ def template_mean(items: list) -> float:
 
 
 def corpus_bleu(pairs: list) -> float:
-    """sacreBLEU over (prediction, references) pairs; rows may have different numbers of references."""
+    """sacreBLEU over (prediction, reference) pairs."""
     import sacrebleu
 
     if not pairs:
         return 0.0
-    width = max(len(refs) for _, refs in pairs)
-    streams = [[refs[i] if i < len(refs) else None for _, refs in pairs] for i in range(width)]
-    return sacrebleu.corpus_bleu([p for p, _ in pairs], streams).score
+    return sacrebleu.corpus_bleu([p for p, _ in pairs], [[r for _, r in pairs]]).score
 
 
 def template_bleu(items: list) -> float:

@@ -110,6 +110,13 @@ def test_no_eval_split_is_an_error(tmp_path):
     assert not (tmp_path / "lm").exists()
 
 
+def test_rows_without_references_are_an_error(tmp_path):
+    rows = [{**r, "references": None} for r in copy_rows()]
+    mix = write_mixture(tmp_path / "mix", {"train": rows, "eval": rows})
+    with pytest.raises(LmEvalExportError, match="has no references"):
+        export_lm_eval(mix, tmp_path / "lm")
+
+
 def test_cli(tmp_path, capsys):
     mix = toy_mixture(tmp_path / "mix")
     assert main(["export", str(mix), "--format", "lm-eval", "-o", str(tmp_path / "lm")]) == 0
@@ -130,9 +137,7 @@ def test_metrics_take_the_best_reference_and_average_templates():
     assert out["f1"][1] == pytest.approx(100.0) and "bleu" not in out
     assert token_f1("new york city", "new york") == pytest.approx(0.8)
     assert template_mean([("a", 100.0), ("a", 0.0), ("b", 100.0)]) == pytest.approx(75.0)
-    assert corpus_bleu([("the cat sat on the mat", ["the cat sat on the mat"])]) == pytest.approx(
-        100
-    )
+    assert corpus_bleu([("the cat sat on the mat", "the cat sat on the mat")]) == pytest.approx(100)
     mc = {"template_id": "t.b", "options": ["yes", "no way"], "answer_index": 1, "scored": False}
     assert process_options(mc, [(-3.0, False), (-4.0, False)]) == {
         "acc": ("t.b", 0.0),
