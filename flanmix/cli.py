@@ -227,6 +227,12 @@ def _add_train(sub) -> None:
         help="override any config key (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an old run in OUT (a run flanmix made)"
+    )
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip re-hashing the mixture's shards first"
+    )
     p.set_defaults(func=_run_train)
 
 
@@ -246,6 +252,8 @@ def _run_train(args) -> int:
         packing=args.packing,
         resume=args.resume,
         progress=False if args.no_progress else None,
+        overwrite=True if args.overwrite else None,
+        verify=False if args.no_verify else None,
     )
     summary = train(cfg)
     print(
@@ -352,7 +360,9 @@ def _add_compile(sub) -> None:
         "--offline", action="store_true", help="use the task files' samples instead of the hub"
     )
     p.add_argument("--seed", type=int, default=None, help="override the spec's seed")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it is a mixture flanmix made"
+    )
     p.add_argument(
         "--root",
         type=Path,
@@ -427,9 +437,10 @@ def _add_verify(sub) -> None:
 
 def _run_verify(args) -> int:
     from .mixture import Mixture
+    from .verify import mixture_problems
 
     mixture = Mixture.open(args.mixture)
-    problems = mixture.verify()
+    problems = mixture_problems(mixture)
     for problem in problems:
         print(f"{args.mixture}: {problem}")
     if problems:
@@ -464,7 +475,12 @@ def _add_export(sub) -> None:
         help="appended to the prompt (prompt-completion) or between input and target (text); default a newline",
     )
     p.add_argument("-o", "--out", type=Path, required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it is an export flanmix made"
+    )
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip re-hashing the mixture's shards first"
+    )
     p.set_defaults(func=_run_export)
 
 
@@ -490,6 +506,7 @@ def _run_export(args) -> int:
         splits=tuple(args.split or ("train", "eval")),
         overwrite=args.overwrite,
         separator=args.separator,
+        verify=not args.no_verify,
     )
     for split, info in summary.items():
         print(

@@ -82,6 +82,7 @@ def run_demo(
         out=str(out / "train"),
         max_steps=steps,
         progress=progress,
+        overwrite=True,
     )
     summary = train(cfg)
     timings["train"] = time.perf_counter() - t

@@ -26,6 +26,8 @@ import pyarrow as pa
 
 from .errors import FlanmixError, Location
 from .mixture import SCHEMA, SPLITS, Mixture, clean_stale, publish_dir, shard_name, tmp_dir_for
+from .publish import claim, os_error, write_marker
+from .verify import open_verified
 
 FORMATS = ("prompt-completion", "messages", "text", "jsonl")
 TEXT_SEPARATOR = "\n"
@@ -77,20 +79,30 @@ def export_mixture(
     splits: tuple[str, ...] = SPLITS,
     overwrite: bool = False,
     separator: str = TEXT_SEPARATOR,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Write ``splits`` of a mixture to ``dest`` in ``fmt``; returns {split: {files, rows}}."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}", hint=f"formats: {', '.join(FORMATS)}")
     if file_format not in ("parquet", "jsonl"):
         raise ExportError(f"unknown file format {file_format!r}", hint="parquet or jsonl")
-    mixture = Mixture.open(mixture_dir)
-    dest = Path(os.path.abspath(dest))
-    if dest.exists() and not overwrite:
+    mixture = open_verified(mixture_dir, verify=verify)
+    if Path(os.path.abspath(dest)).resolve().is_relative_to(mixture.path.resolve()):
         raise ExportError(
-            f"{dest} exists",
+            "refusing to export into the mixture being read",
             location=Location(file=str(dest)),
-            hint="pass --overwrite to replace it",
+            hint="choose a folder outside the mixture",
         )
+    try:
+        with claim(
+            dest, overwrite=overwrite, protect=[mixture.path], what="the export", error=ExportError
+        ) as dest:
+            return _export(mixture, dest, fmt, file_format, splits, separator)
+    except OSError as exc:  # disk full, read-only folder ...: one line, nothing published
+        raise os_error(exc, dest) from exc
+
+
+def _export(mixture, dest, fmt, file_format, splits, separator) -> dict[str, Any]:
     clean_stale(dest)
     tmp = tmp_dir_for(dest)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -133,6 +145,7 @@ def export_mixture(
         (tmp / "README.md").write_text(
             _card(mixture, summary, fmt, file_format, separator), encoding="utf-8"
         )
+        write_marker(tmp, "export")
         publish_dir(tmp, dest)  # an existing DEST is replaced only now, by renames
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

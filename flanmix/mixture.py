@@ -156,18 +156,11 @@ class Mixture:
         return datasets.load_dataset(builder, data_files={split: files}, split=split)
 
     def verify(self) -> list[str]:
-        """Problems found by re-hashing every shard (empty when the mixture is intact)."""
-        problems = []
-        for split in SPLITS:
-            for shard in self.shards(split):
-                path = self.path / shard["file"]
-                if not path.exists():
-                    problems.append(f"{shard['file']}: missing")
-                elif sha256_file(path) != shard["sha256"]:
-                    problems.append(
-                        f"{shard['file']}: sha256 mismatch (file changed after compile)"
-                    )
-        return problems
+        """Problems found by re-hashing every shard and checking the folder against the manifest
+        (empty when the mixture is intact); see :mod:`flanmix.verify`."""
+        from .verify import mixture_problems
+
+        return mixture_problems(self)
 
 
 # ----------------------------------------------------------------------------- publishing

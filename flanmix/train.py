@@ -32,6 +32,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -96,6 +97,8 @@ class TrainConfig:
     resume: str = ""  # "" | "latest" (newest checkpoint in out/) | path to a checkpoint
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True  # tqdm bar
+    overwrite: bool = False  # replace an old run in `out` (only a folder flanmix made)
+    verify: bool = True  # re-hash the mixture's shards against its manifest before reading
 
 
 def load_config(
@@ -174,9 +177,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG state as plain data (ints, tuples, tensors): loadable with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -186,7 +191,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    np.random.set_state((kind, keys.astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -327,9 +334,78 @@ def held_out_loss(
 
 
 def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint (``step-NNNNNN`` holding state.pt; never a ``.tmp`` one)."""
     found = sorted((out / "checkpoints").glob("step-*"))
-    found = [p for p in found if (p / "state.pt").exists()]
+    found = [p for p in found if p.name[5:].isdigit() and (p / "state.pt").exists()]
     return found[-1] if found else None
+
+
+CHECKPOINT_INDEX = "checkpoint.json"
+
+
+def _index_checkpoint(folder: Path) -> None:
+    """Record the sha256 of every file of a checkpoint (checked before resuming from it)."""
+    from .mixture import sha256_file
+
+    files = {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != CHECKPOINT_INDEX
+    }
+    (folder / CHECKPOINT_INDEX).write_text(json.dumps({"sha256": files}, indent=1) + "\n")
+
+
+def _check_checkpoint(folder: Path) -> None:
+    """Refuse a checkpoint whose files changed since it was saved (bit flips, truncation)."""
+    from .mixture import sha256_file
+
+    index = folder / CHECKPOINT_INDEX
+    if not index.is_file():
+        return  # checkpoints saved before the index existed: state.pt is still loaded as data
+    try:
+        files = json.loads(index.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TrainError("corrupt checkpoint index", location=Location(file=str(index))) from exc
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file() or folder.resolve() not in path.resolve().parents:
+            raise TrainError(
+                f"checkpoint file {name} is missing", location=Location(file=str(folder))
+            )
+        if sha256_file(path) != digest:
+            raise TrainError(
+                f"checkpoint file {name} changed after it was saved (sha256 mismatch)",
+                location=Location(file=str(path)),
+                hint="resume from another checkpoint (--resume PATH) or start a new run",
+            )
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state.pt, loaded as data only (``weights_only``: no code runs)."""
+    import pickle
+
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise TrainError(
+            f"refusing to load a checkpoint that is not plain data: {first}",
+            location=Location(file=str(path)),
+            hint="state.pt may only hold tensors, numbers, strings, lists and dicts",
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise TrainError(
+            f"corrupt or truncated checkpoint: {first}",
+            location=Location(file=str(path)),
+            hint="resume from another checkpoint (--resume PATH) or start a new run",
+        ) from exc
+    if not isinstance(state, dict) or not {"optimizer", "scheduler", "step", "rng"} <= set(state):
+        raise TrainError(
+            "not a flanmix checkpoint: state.pt lacks optimizer, scheduler, step or rng",
+            location=Location(file=str(path)),
+        )
+    return state
 
 
 def save_checkpoint(
@@ -346,6 +422,7 @@ def save_checkpoint(
         "config": asdict(cfg),
     }
     torch.save(state, tmp / "state.pt")
+    _index_checkpoint(tmp)
     if path.exists():
         import shutil
 
@@ -372,7 +449,13 @@ SCHEDULE_KEYS = ("max_steps", "lr", "warmup_steps", "min_lr_ratio")
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
     current = asdict(cfg)
-    changed = [k for k in RESUME_KEYS if k in saved and saved[k] != current.get(k)]
+
+    def same(key: str) -> bool:
+        if key == "mixture":  # the same folder, however it is named (relative, absolute, ./x)
+            return Path(str(saved[key])).resolve() == Path(str(current[key])).resolve()
+        return saved[key] == current.get(key)
+
+    changed = [k for k in RESUME_KEYS if k in saved and not same(k)]
     if changed:
         detail = ", ".join(f"{k}: {saved[k]!r} -> {current.get(k)!r}" for k in changed)
         raise TrainError(
@@ -401,8 +484,40 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )
     if cfg.max_steps <= 0 or cfg.batch_size <= 0 or cfg.grad_accum <= 0:
         raise TrainError("max_steps, batch_size and grad_accum must be positive")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .publish import lock, write_marker
+    from .verify import open_verified
+
+    mixture = open_verified(cfg.mixture, verify=cfg.verify)
+    out = _claim_run(cfg, mixture.path)
+    with lock(out, TrainError):
+        if cfg.overwrite and not cfg.resume and out.exists():
+            shutil.rmtree(out)  # a flanmix run (checked by _claim_run): replaced, not mixed
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_marker(out, "run")
+            return _train(cfg, out, mixture)
+        except OSError as exc:  # disk full, read-only run folder ...
+            from .publish import os_error
+
+            raise os_error(exc, out) from exc
+
+
+def _claim_run(cfg: TrainConfig, mixture: Path) -> Path:
+    """The run folder, checked: a new run never writes into an old one (or any folder flanmix did
+    not make) unless ``overwrite``; resuming needs the old run."""
+    from .publish import check_out
+
+    return check_out(
+        cfg.out,
+        overwrite=cfg.overwrite,
+        protect=[mixture],
+        what="the training run",
+        exists_ok=bool(cfg.resume),
+        error=TrainError,
+    )
+
+
+def _train(cfg: TrainConfig, out: Path, mixture: Mixture) -> dict[str, Any]:
     seed_everything(cfg.seed)
     device = torch.device(
         "cuda"
@@ -416,7 +531,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
 
     # data: the training split, tokenized once
-    mixture = Mixture.open(cfg.mixture)
     pairs = read_pairs(mixture, "train", cfg.max_examples)
     if not pairs:
         raise TrainError(
@@ -431,6 +545,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             raise TrainError(
                 f"no checkpoint to resume from ({cfg.resume})", location=Location(file=str(out))
             )
+        _check_checkpoint(resume_from)
+        state = load_state(resume_from / "state.pt")
+        _check_resumable(state.get("config", {}), cfg, resume_from)
+        if state["step"] >= cfg.max_steps:
+            raise TrainError(
+                f"nothing to resume: the run finished at step {state['step']} "
+                f"(max_steps {cfg.max_steps})",
+                location=Location(file=str(resume_from)),
+                hint="to train it further, start a new run from its model: "
+                f"--model {out / 'model'} -o ANOTHER_FOLDER",
+            )
     name = str(resume_from) if resume_from else cfg.model
     shape = {
         "hidden_size": cfg.tiny_hidden,
@@ -439,12 +564,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "intermediate_size": 4 * cfg.tiny_hidden,
         "max_position_embeddings": max(1024, cfg.seq_len),
     }
-    loaded = load_model(
-        name,
-        texts=[t for pair in pairs for t in pair],
-        seed=cfg.seed,
-        **(shape if name == "tiny" else {}),
-    )
+    try:
+        loaded = load_model(
+            name,
+            texts=[t for pair in pairs for t in pair],
+            seed=cfg.seed,
+            **(shape if name == "tiny" else {}),
+        )
+    except FlanmixError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint's weights or config
+        if resume_from is None:
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise TrainError(
+            f"cannot load the checkpoint's model: {type(exc).__name__}: {first}",
+            location=Location(file=str(resume_from)),
+            hint="resume from another checkpoint (--resume PATH) or start a new run",
+        ) from exc
     model, tokenizer, kind = loaded.model.to(device), loaded.tokenizer, loaded.kind
     if cfg.packing and kind != "causal":
         raise TrainError(
@@ -482,8 +619,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     step = 0
     metrics_path = out / "metrics.jsonl"
     if resume_from:
-        state = torch.load(resume_from / "state.pt", weights_only=False)
-        _check_resumable(state.get("config", {}), cfg, resume_from)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
@@ -535,6 +670,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             total += float(loss.detach())
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
         lr = scheduler.get_last_lr()[0]
+        if not (math.isfinite(total) and math.isfinite(grad_norm)):
+            raise TrainError(
+                f"training stopped at step {step + 1}: the loss is {total} "
+                f"(gradient norm {grad_norm}); nothing of this step was saved",
+                location=Location(file=str(metrics_path)),
+                hint="lower lr, check the data, or resume from an earlier checkpoint",
+            )
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

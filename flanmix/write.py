@@ -45,6 +45,8 @@ from .mixture import (
     shard_name,
     tmp_dir_for,
 )
+from .publish import claim, os_error
+from .sampling import SAMPLING_VERSION
 from .spec import MixtureSpec, load_spec
 
 ROW_GROUP = 10_000
@@ -282,22 +284,30 @@ def compile_mixture(
     if catalog is None:
         root = (base / spec.catalog) if spec.catalog else None
         catalog = load_catalog(root)
-    out = Path(out_dir)
-    if spec.holdout.leave_one_cluster_out:
-        return _compile_loco(spec, out, catalog, workers, offline, overwrite, base, spec_file, log)
-    return _compile_one(
-        spec,
-        out,
-        catalog,
-        workers,
-        offline,
-        overwrite,
-        base,
-        spec_file,
-        log,
-        None,
-        _fail_after_units,
-    )
+    protect = [spec_file, catalog.root, *(base / p for p in spec.sources.values())]
+    try:
+        with claim(
+            out_dir, overwrite=overwrite, protect=protect, what="the mixture", error=CompileError
+        ) as out:
+            if spec.holdout.leave_one_cluster_out:
+                return _compile_loco(
+                    spec, out, catalog, workers, offline, overwrite, base, spec_file, log
+                )
+            return _compile_one(
+                spec,
+                out,
+                catalog,
+                workers,
+                offline,
+                overwrite,
+                base,
+                spec_file,
+                log,
+                None,
+                _fail_after_units,
+            )
+    except OSError as exc:  # disk full, read-only folder ...: one line, nothing published
+        raise os_error(exc, out_dir) from exc
 
 
 def _compile_loco(spec, out, catalog, workers, offline, overwrite, base, spec_file, log):

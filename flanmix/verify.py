@@ -1,0 +1,136 @@
+"""Checking a mixture before it is used: every reader (export, train, evaluate) and ``flanmix verify``.
+
+A mixture passes when its manifest is consistent and its folder holds exactly what the manifest
+lists:
+
+- the manifest has ``splits`` with ``shards`` entries holding ``file``, ``rows``, ``sha256``; each
+  split's ``rows`` is the sum of its shards' rows; the splits are ``train`` and ``eval``;
+- every shard path is a plain file name inside the folder (no ``../``, no absolute path, no link);
+- every shard's sha256 (streamed, 1 MiB at a time) and byte size match;
+- the row count of each shard's file (from its Parquet footer / Arrow stream) matches the manifest;
+- no data file (``.parquet``, ``.arrow``, ``.jsonl``, ``.json``, ``.csv``) is left unlisted, because
+  ``datasets.load_dataset(folder)`` would read it.
+
+Readers call :func:`open_verified`, which raises the first problem as a one-line located error;
+``--no-verify`` skips the hashing (for a mixture too large to re-read every time).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import Location, MixtureError
+from .mixture import MANIFEST, SPLITS, Mixture, sha256_file
+
+DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json", ".csv")
+SIDE_FILES = {MANIFEST, "stats.json"}
+
+
+def _shard_rows(path: Path, file_format: str) -> int:
+    import pyarrow as pa
+
+    if file_format == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    with pa.memory_map(str(path)) as source:
+        return sum(b.num_rows for b in pa.ipc.open_stream(source))
+
+
+def manifest_problems(manifest: Any) -> list[str]:
+    """Problems of the manifest's shape alone (no file is read)."""
+    if not isinstance(manifest, dict):
+        return ["manifest is not a JSON object"]
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        return ["manifest lists no splits"]
+    problems = []
+    for split, info in splits.items():
+        if split not in SPLITS:
+            problems.append(f"manifest: unknown split {split!r}")
+            continue
+        shards = info.get("shards") if isinstance(info, dict) else None
+        if not isinstance(shards, list):
+            problems.append(f"manifest: split {split!r} has no shard list")
+            continue
+        total = 0
+        for i, shard in enumerate(shards):
+            missing = [
+                k
+                for k in ("file", "rows", "sha256")
+                if not isinstance(shard, dict) or k not in shard
+            ]
+            if missing:
+                problems.append(f"manifest: {split} shard {i} lacks {', '.join(missing)}")
+                continue
+            if not isinstance(shard["rows"], int) or isinstance(shard["rows"], bool):
+                problems.append(f"manifest: {split} shard {i} rows is not a whole number")
+                continue
+            total += shard["rows"]
+            name = shard["file"]
+            pure = PurePosixPath(name) if isinstance(name, str) else None
+            if (
+                pure is None
+                or pure.is_absolute()
+                or len(pure.parts) != 1
+                or name in ("", ".", "..")
+            ):
+                problems.append(f"manifest: shard path {name!r} is outside the mixture folder")
+        if "rows" in info and info["rows"] != total:
+            problems.append(
+                f"manifest: {split} says {info['rows']} rows but its shards hold {total}"
+            )
+    return problems
+
+
+def mixture_problems(mixture: Mixture, *, hashes: bool = True) -> list[str]:
+    """Every problem found in a mixture folder (empty when it is intact)."""
+    problems = manifest_problems(mixture.manifest)
+    if problems:
+        return problems
+    listed = set()
+    root = mixture.path.resolve()
+    for split in SPLITS:
+        for shard in mixture.shards(split):
+            name = shard["file"]
+            listed.add(name)
+            path = mixture.path / name
+            if path.is_symlink() or path.resolve().parent != root:
+                problems.append(f"{name}: not a file inside the mixture folder")
+            elif not path.is_file():
+                problems.append(f"{name}: missing")
+            elif "bytes" in shard and path.stat().st_size != shard["bytes"]:
+                problems.append(
+                    f"{name}: sha256 mismatch (file changed after compile: "
+                    f"{path.stat().st_size} bytes, the manifest says {shard['bytes']})"
+                )
+            elif hashes and sha256_file(path) != shard["sha256"]:
+                problems.append(f"{name}: sha256 mismatch (file changed after compile)")
+            else:
+                try:
+                    rows = _shard_rows(path, mixture.file_format)
+                except Exception as exc:  # noqa: BLE001 - any reader error means a corrupt shard
+                    problems.append(f"{name}: unreadable ({type(exc).__name__})")
+                    continue
+                if rows != shard["rows"]:
+                    problems.append(f"{name}: {rows} rows, the manifest says {shard['rows']}")
+    for path in sorted(mixture.path.rglob("*")):
+        rel = path.relative_to(mixture.path).as_posix()
+        if path.suffix in DATA_SUFFIXES and rel not in listed and rel not in SIDE_FILES:
+            problems.append(f"{rel}: data file not listed in the manifest (datasets would read it)")
+    return problems
+
+
+def open_verified(path: str | Path, *, verify: bool = True) -> Mixture:
+    """Open a mixture for reading; unless ``verify`` is false, refuse one that fails a check."""
+    mixture = Mixture.open(path)
+    problems = mixture_problems(mixture, hashes=verify)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise MixtureError(
+            f"mixture failed verification: {problems[0]}{more}",
+            location=Location(file=str(mixture.path)),
+            hint=f"run 'flanmix verify {path}' for the full list; recompile the mixture",
+        )
+    return mixture
