@@ -46,7 +46,6 @@ from .mixture import (
     tmp_dir_for,
 )
 from .publish import claim, os_error
-from .sampling import SAMPLING_VERSION
 from .spec import MixtureSpec, load_spec
 
 ROW_GROUP = 10_000
