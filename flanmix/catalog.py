@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from .errors import CatalogError, Location, TaskFileError, did_you_mean
 from .schema import ClustersFile, Task
+from .source_build import BUILDERS
 from .yamlio import LineMap, load_yaml
 
 TEMPLATES_DIR = "task_templates"
@@ -301,11 +302,14 @@ def inventory_markdown(catalog: Catalog) -> str:
                 continue
             task = catalog.task(task_id)
             src = task.source
-            where = (
-                f"`{src.hf.path}`" + (f" ({src.hf.name})" if src.hf.name else "")
-                if src.hf
-                else "local files"
-            )
+            if src.hf:
+                where = f"`{src.hf.path}`" + (f" ({src.hf.name})" if src.hf.name else "")
+                if src.hf.revision:
+                    where += f" @ `{src.hf.revision}`"
+            else:
+                where = "local files"
+                if task_id in BUILDERS:
+                    where += " (`flanmix sources build`)"
             if src.manual_download:
                 where += ", manual download"
             inverted = sum(t.inverted for t in task.templates)

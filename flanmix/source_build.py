@@ -359,6 +359,20 @@ def _quac(release: Release) -> dict[str, Rows]:
     return {"train": read("train_v0.2.json"), "validation": read("val_v0.2.json")}
 
 
+def _samsum(release: Release) -> dict[str, Rows]:
+    """SAMSum corpus.7z contents: train.json, val.json, test.json, each a list of
+    {id, summary, dialogue}; val is the validation split."""
+
+    def read(name: str) -> list[dict[str, Any]]:
+        _, text = release.text(name)
+        return [
+            {"id": str(d["id"]), "dialogue": d["dialogue"], "summary": d["summary"]}
+            for d in json.loads(text)
+        ]
+
+    return {"train": read("train.json"), "validation": read("val.json"), "test": read("test.json")}
+
+
 BUILDERS: dict[str, Builder] = {
     b.task: b
     for b in (
@@ -413,6 +427,12 @@ BUILDERS: dict[str, Builder] = {
             "alexfabbri/multi_news hosts them under data/: `hf download alexfabbri/multi_news "
             "--repo-type dataset --include 'data/*' --local-dir DIR`)",
             _multi_news,
+        ),
+        Builder(
+            "samsum",
+            "train.json, val.json and test.json extracted from data/corpus.7z of the hub repo "
+            "Samsung/samsum (the authors' release; `7z x corpus.7z`)",
+            _samsum,
         ),
         Builder(
             "quac",

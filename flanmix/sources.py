@@ -168,7 +168,13 @@ def _from_folder(task: Task, split: str, folder: Path, loc: Location) -> SourceH
 def _open_files(task: Task, split: str, fmt: str, paths: list[Path], loc: Location) -> SourceHandle:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise SourceError(f"local source file not found: {', '.join(missing)}", location=loc)
+        from .source_build import build_hint
+
+        raise SourceError(
+            f"local source file not found: {', '.join(missing)}",
+            location=loc,
+            hint=build_hint(task.id) or task.source.manual_download,
+        )
     what = "local:" + ",".join(str(p) for p in paths)
     if fmt == "parquet":
         import pyarrow.parquet as pq

@@ -1,0 +1,236 @@
+"""`flanmix sources build`: converters from original release files, on small files in the original
+formats written for these tests (tests/fixtures/source_build/)."""
+
+import gzip
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from flanmix.catalog import read_task_file
+from flanmix.cli import main
+from flanmix.errors import SourceError
+from flanmix.render import RowPreparer, Skip, compile_task
+from flanmix.source_build import BUILDERS, build, default_out
+from flanmix.sources import HubState, SourceReader, resolve_source
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "source_build"
+TASKS = {p.stem: p for p in (REPO / "task_templates").glob("*/*.yaml")}
+
+# task -> (fixture folder, {split: rows})
+EXPECTED_ROWS = {
+    "story_cloze": ("story_cloze", {"validation": 2, "test": 1}),
+    "newsroom": ("newsroom", {"train": 2, "validation": 1, "test": 1}),
+    "opinion_abstracts_idebate": ("opinion_abstracts", {"train": 2, "validation": 1}),
+    "opinion_abstracts_rotten_tomatoes": ("opinion_abstracts", {"train": 1, "validation": 1}),
+    "math_dataset": ("math_dataset", {"train": 4, "test": 1}),
+    "para_crawl_enes": ("para_crawl", {"train": 2}),
+    "gigaword": ("gigaword", {"train": 2, "validation": 1, "test": 1}),
+    "multi_news": ("multi_news", {"train": 1, "validation": 1, "test": 1}),
+    "quac": ("quac", {"train": 1, "validation": 1}),
+    "samsum": ("samsum", {"train": 2, "validation": 1, "test": 1}),
+}
+
+
+def _task(task_id):
+    return read_task_file(TASKS[task_id]).task
+
+
+def _rows(path):
+    return pq.read_table(path).to_pylist()
+
+
+def test_every_builder_is_tested_and_names_its_files():
+    assert set(BUILDERS) == set(EXPECTED_ROWS)
+    for builder in BUILDERS.values():
+        assert builder.files and builder.task in TASKS
+
+
+@pytest.mark.parametrize("task_id", sorted(EXPECTED_ROWS))
+def test_builds_rows_that_fit_the_task_and_render(task_id, tmp_path):
+    folder, expected = EXPECTED_ROWS[task_id]
+    task = _task(task_id)
+    counts = build(task, FIXTURES / folder, tmp_path)
+    assert counts == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{s}.parquet" for s in expected)
+    # the task's own splits resolve from the built folder (the spec's `sources:` route) and render
+    prepare, compiled = RowPreparer(task), compile_task(task)
+    for role in ("train", "eval"):
+        handle = resolve_source(
+            task, role, base_dir=tmp_path, hub=HubState(True), local_dir=tmp_path
+        )
+        if handle is None:
+            continue
+        rows = SourceReader(handle).read(np.arange(handle.num_rows))
+        assert rows and set(rows[0]) == set(task.fields)
+        rendered = 0
+        for row in rows:
+            row = prepare(row)
+            if isinstance(row, Skip):
+                continue
+            for ct in compiled:
+                if not isinstance(ct.render(row, 0), Skip):
+                    rendered += 1
+        assert rendered, f"{task_id} {role}: no template rendered a built row"
+
+
+def test_local_tasks_read_the_folder_their_builder_writes():
+    for task_id in BUILDERS:
+        task = _task(task_id)
+        if task.source.local is None:  # samsum: hub mirror; the build is the spec-level route
+            continue
+        out = default_out(task, TASKS[task_id])
+        assert out == TASKS[task_id].parent / "data" / task_id
+        assert (
+            task.source.manual_download
+            and f"sources build {task_id}" in task.source.manual_download
+        )
+
+
+def test_story_cloze_fields(tmp_path):
+    build(_task("story_cloze"), FIXTURES / "story_cloze", tmp_path)
+    first = _rows(tmp_path / "validation.parquet")[0]
+    assert first["story_id"] == "138d5bfb-05cc-41e3-bf2c-fa85ebad14e2"
+    assert (
+        first["input_sentence_2"] == "He never found good support in family, and turned to gangs."
+    )
+    assert first["answer_right_ending"] == 1
+    assert _rows(tmp_path / "test.parquet")[0]["answer_right_ending"] == 2
+
+
+def test_math_dataset_is_text_not_bytes_reprs(tmp_path):
+    build(_task("math_dataset"), FIXTURES / "math_dataset", tmp_path)
+    train = _rows(tmp_path / "train.parquet")
+    assert train[0] == {"question": "Solve 3*k + 12 = 0 for k.", "answer": "-4"}
+    assert [r["answer"] for r in train] == ["-4", "5", "2", "3"]  # easy, medium, hard; one module
+    assert _rows(tmp_path / "test.parquet") == [
+        {"question": "Solve 5*q = 35 for q.", "answer": "7"}
+    ]
+
+
+def test_gigaword_replaces_unk_in_train_and_dev_only(tmp_path):
+    build(_task("gigaword"), FIXTURES / "gigaword", tmp_path)
+    assert _rows(tmp_path / "train.parquet")[1]["summary"] == "UNK profits rise"
+    assert _rows(tmp_path / "test.parquet")[0]["document"].startswith("UNK shares fell")
+
+
+def test_multi_news_restores_newlines(tmp_path):
+    build(_task("multi_news"), FIXTURES / "multi_news", tmp_path)
+    row = _rows(tmp_path / "validation.parquet")[0]
+    assert "NEWLINE_CHAR" not in row["document"] and "\n \n" in row["document"]
+    assert "(val)" in row["document"] and row["summary"].startswith("– ")
+
+
+def test_quac_turn_lists_and_label_ids(tmp_path):
+    build(_task("quac"), FIXTURES / "quac", tmp_path)
+    row = _rows(tmp_path / "train.parquet")[0]
+    assert row["followups"] == [0, 2, 1] and row["yesnos"] == [2, 2, 0]
+    assert row["answers"]["texts"][1] == ["He was created by Tex Avery."] * 2  # stripped
+    assert row["orig_answers"]["texts"][2] == "CANNOTANSWER"
+    assert row["background"] == "Daffy Duck is a cartoon character."
+
+
+def test_opinion_abstracts_split_is_seeded_and_keeps_sentence_order(tmp_path):
+    task = _task("opinion_abstracts_idebate")
+    build(task, FIXTURES / "opinion_abstracts", tmp_path / "a")
+    build(task, FIXTURES / "opinion_abstracts", tmp_path / "b")
+    a = _rows(tmp_path / "a" / "train.parquet") + _rows(tmp_path / "a" / "validation.parquet")
+    b = _rows(tmp_path / "b" / "train.parquet") + _rows(tmp_path / "b" / "validation.parquet")
+    assert a == b
+    voting = next(r for r in a if "voting" in r["topic"])
+    assert voting["arguments"][0] == "Low turnout skews who is represented."
+    assert len(voting["arguments"]) == 3
+
+
+def test_release_archives_and_gzip_are_read_as_they_come(tmp_path):
+    # the opinion abstracts corpus as its zip, newsroom as .jsonl.gz, math as the tar.gz
+    with zipfile.ZipFile(tmp_path / "opinion_abstracts.zip", "w") as z:
+        for f in (FIXTURES / "opinion_abstracts" / "opinion_abstracts").iterdir():
+            z.write(f, f"opinion_abstracts/{f.name}")
+    counts = build(
+        _task("opinion_abstracts_rotten_tomatoes"),
+        tmp_path / "opinion_abstracts.zip",
+        tmp_path / "oa",
+    )
+    assert counts == {"train": 1, "validation": 1}
+
+    news = tmp_path / "news"
+    news.mkdir()
+    for f in (FIXTURES / "newsroom").iterdir():
+        (news / (f.name + ".gz")).write_bytes(gzip.compress(f.read_bytes()))
+    assert build(_task("newsroom"), news, tmp_path / "nr")["train"] == 2
+
+    with tarfile.open(tmp_path / "mathematics_dataset-v1.0.tar.gz", "w:gz") as t:
+        t.add(FIXTURES / "math_dataset" / "mathematics_dataset-v1.0", "mathematics_dataset-v1.0")
+    assert build(
+        _task("math_dataset"), tmp_path / "mathematics_dataset-v1.0.tar.gz", tmp_path / "m"
+    ) == {
+        "train": 4,
+        "test": 1,
+    }
+
+
+def test_missing_release_file_names_it(tmp_path):
+    with pytest.raises(SourceError, match="train_v0.2.json"):
+        build(_task("quac"), FIXTURES / "samsum", tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_bad_row_writes_nothing(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "story_cloze", src)
+    test_csv = src / "cloze_test_test__spring2016 - cloze_test_ALL_test.csv"
+    test_csv.write_text(test_csv.read_text() + "x,only,four,columns\n")
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match="expected 8 columns"):
+        build(_task("story_cloze"), src, out)
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_existing_outputs_need_overwrite(tmp_path):
+    task = _task("para_crawl_enes")
+    build(task, FIXTURES / "para_crawl", tmp_path)
+    with pytest.raises(SourceError, match="already exist"):
+        build(task, FIXTURES / "para_crawl", tmp_path)
+    assert build(task, FIXTURES / "para_crawl", tmp_path, overwrite=True) == {"train": 2}
+
+
+def test_hub_task_has_no_converter(tmp_path):
+    with pytest.raises(SourceError, match="no `sources build` converter for rte"):
+        build(_task("rte"), FIXTURES, tmp_path)
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "sc"
+    assert (
+        main(
+            [
+                "sources",
+                "build",
+                "story_cloze",
+                "--from",
+                str(FIXTURES / "story_cloze"),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "validation.parquet: 2 rows" in capsys.readouterr().out
+    assert main(["sources", "build", "story_cloze"]) == 2
+    err = capsys.readouterr().err
+    assert "--from is required" in err and "cloze_test_val__spring2016" in err
+    assert main(["sources", "build", "rte", "--from", str(FIXTURES)]) == 2
+    assert "on the hub (nyu-mll/glue)" in capsys.readouterr().err
+
+
+def test_missing_local_files_hint_at_the_build(tmp_path):
+    task = _task("opinion_abstracts_idebate")
+    with pytest.raises(SourceError) as info:
+        resolve_source(task, "train", base_dir=tmp_path, hub=HubState(False))
+    assert "flanmix sources build opinion_abstracts_idebate --from DIR" in str(info.value)
