@@ -42,49 +42,22 @@ from .render import (
     example_seed,
     hash64,
     mix64,
+    template_variables,
 )
+from .sampling import (
+    FEW_SHOT_FORMATS,
+    draw,
+    options_block,
+    pick,
+    uniform,
+)
+from .sampling import index as draw_index
 from .schema import Task
 from .sources import HubState, SourceHandle, SourceReader, resolve_source
 from .spec import MixtureSpec, Submix
 from .yamlio import load_yaml
 
 UNIT_ROWS = 10_000  # draws per work unit: fixed, so the units (and output) never depend on workers
-
-# ----------------------------------------------------------------------------- options styles
-
-FLAN_HEADER = "OPTIONS:"
-HEADERS = (
-    "OPTIONS:", "Options:", "Choose your answer from:", "Pick from:", "Possible answers:",
-    "Available choices:", "Choices:", "Select from the following.", "Answer options:",
-)  # fmt: skip
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-#: (name, line format, target format); the target is rewritten to the marker for letters/numbers.
-MARKERS = (
-    ("dash", "- {c}", None),
-    ("letter_paren", "({L}) {c}", "({L})"),
-    ("letter_dot", "{L}. {c}", "{L}"),
-    ("number_dot", "{n}. {c}", "{n}"),
-    ("number_paren", "{n}) {c}", "{n}"),
-)
-STYLES = tuple((h, m) for h in range(len(HEADERS)) for m in range(len(MARKERS)))
-
-
-def options_block(choices: tuple[str, ...], style: int | None) -> tuple[str, tuple[str, ...]]:
-    """The text appended to the input, and the options as the target must name them.
-
-    ``style`` None is FLAN's: ``OPTIONS:`` and a dashed list, the target unchanged.
-    """
-    if style is None:
-        return "\n\n" + FLAN_HEADER + "\n" + "\n".join("- " + c for c in choices), choices
-    h, m = STYLES[style]
-    _, line, target = MARKERS[m]
-    lines, labels = [], []
-    for i, c in enumerate(choices):
-        letter = LETTERS[i] if i < len(LETTERS) else str(i + 1)
-        lines.append(line.format(c=c, L=letter, n=i + 1))
-        labels.append(c if target is None else target.format(L=letter, n=i + 1))
-    return "\n\n" + HEADERS[h] + "\n" + "\n".join(lines), tuple(labels)
-
 
 # ----------------------------------------------------------------------------- plan
 
@@ -100,6 +73,8 @@ class TaskPlan:
     pool: int  # examples available: selected rows (x templates in mode "all")
     planned: int = 0  # examples allotted by the mixing rates
     draws: int = 0  # rows drawn (with repeats); x templates in mode "all"
+    #: eval rows with exemplars: the task's training split, where the exemplars come from
+    shots: SourceHandle | None = None
 
     @property
     def num_selected(self) -> int:
@@ -128,6 +103,8 @@ class Plan:
     task_files: dict[str, str] = field(default_factory=dict)
     #: "train:task" / "eval:task" -> why that task gives no rows to that split (manifest, inspect)
     skipped_tasks: dict[str, str] = field(default_factory=dict)
+    #: formats.max_length in tokens: the tokenizer's resolved path
+    tokenizer: str | None = None
 
 
 def _spec_loc(spec_file: str | None, field: str | None) -> Location:
@@ -216,15 +193,37 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
         held_tasks.update(t for t in catalog.tasks_in_cluster(c) if t in catalog.tasks)
     removed: dict[str, str] = {}
     allowed: list[str] = []
-    groups = catalog.clusters.overlap_groups if catalog.clusters else []
+    related: dict[str, str] = {}
+    cf = catalog.clusters
+    mode = spec.holdout.on_overlap
+    # variants of one dataset (anli r1-r3, mnli, arc, squad ...) are held out together
+    for g in cf.related if cf else []:
+        members = [t for t in g.tasks if t in catalog.tasks]
+        if not held_tasks & set(members):
+            continue
+        outside = [t for t in members if t not in held_tasks]
+        if not outside:
+            continue
+        if mode == "error":
+            raise SpecError(
+                f"holdout splits related tasks {g.name!r} ({g.reason or 'variants of one dataset'}): "
+                f"{', '.join(outside)} would still train",
+                location=_spec_loc(spec_file, "holdout"),
+                hint=f"hold out all of {', '.join(members)}, or set on_overlap: remove or allow",
+            )
+        if mode == "allow":
+            allowed.append(g.name)
+            continue
+        for t in outside:
+            related[t] = g.name
+            held_tasks.add(t)
+    # overlap groups guard cluster holdouts (FLAN's inter-cluster rule); a held-out task fires a
+    # group only when the group names that task (FLAN's intra-cluster splits keep its siblings)
+    groups = cf.overlap_groups if cf else []
     for g in groups:
         members_c = set(g.clusters)
         members_t = set(g.tasks)
-        hit = (
-            (members_c & held_clusters)
-            or (members_t & held_tasks)
-            or any(t in held_tasks for c in members_c for t in catalog.tasks_in_cluster(c))
-        )
+        hit = (members_c & held_clusters) or (members_t & held_tasks)
         if not hit:
             continue
         group_tasks = set(members_t) | {t for c in members_c for t in catalog.tasks_in_cluster(c)}
@@ -232,7 +231,6 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
         outside = sorted(group_tasks - held_tasks)
         if not outside:
             continue
-        mode = spec.holdout.on_overlap
         if mode == "error":
             raise SpecError(
                 f"holdout splits overlap group {g.name!r} ({g.reason or 'overlapping clusters'}): "
@@ -245,9 +243,15 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
                 removed.setdefault(t, g.name)
         else:
             allowed.append(g.name)
+    # a task built from another task's text never trains while that text is held out
+    for t, origins in (cf.built_from if cf else {}).items():
+        hit = [o for o in origins if o in held_tasks or o in removed]
+        if hit and t in catalog.tasks and t not in held_tasks:
+            removed.setdefault(t, f"built_from:{hit[0]}")
     return {
         "clusters": sorted(held_clusters),
         "tasks": sorted(held_tasks),
+        "related": dict(sorted(related.items())),
         "removed_for_overlap": dict(sorted(removed.items())),
         "overlap_allowed": sorted(set(allowed)),
         "on_overlap": spec.holdout.on_overlap,
@@ -255,14 +259,18 @@ def resolve_holdout(spec: MixtureSpec, catalog: Catalog, spec_file: str | None) 
 
 
 def _eligible_templates(task: Task, spec: MixtureSpec) -> list[str]:
+    """Training templates in file order; ``templates.per_task`` keeps the first N (FLAN's
+    ``patterns[:k]``). Without instructions, turned-around templates make no sense: left out."""
     out = []
+    bare = spec.formats.instructions != "templates"
     for t in task.templates:
-        if t.inverted and spec.templates.inverted is False:
+        if t.inverted and (spec.templates.inverted is False or bare):
             continue
         if t.cot and not spec.templates.cot:
             continue
         out.append(t.id)
-    return out
+    n = spec.templates.per_task
+    return out[:n] if n else out
 
 
 def _seeded_rng(seed: int, *parts: str) -> np.random.Generator:
@@ -374,9 +382,12 @@ def plan_mixture(
                 members.append(("submix", child[0].name, sub_members, child[0]))
         return members, sum(_size(m) for m in members)
 
-    def _size(member) -> int:
+    def _size(member, rows: bool = False) -> int:
+        """Examples available (or, with rows, the source rows: what rates count)."""
         kind, _, obj, _ = member
-        return obj.pool if kind == "task" else sum(_size(m) for m in obj)
+        if kind == "task":
+            return obj.num_selected if rows else obj.pool
+        return sum(_size(m, rows) for m in obj)
 
     members, total_pool = rate_tree(tree)
     if total_pool == 0:
@@ -398,10 +409,10 @@ def plan_mixture(
                     if (sub is not None and sub.weight is not None)
                     else mixing.weights.get(name, mixing.default_weight)
                 )
-            elif kind == "task":
-                w = min(obj.pool, mixing.max_rate) if mixing.max_rate else obj.pool
+            elif kind == "task":  # source rows, not rows x templates (mode "all")
+                w = min(obj.num_selected, mixing.max_rate) if mixing.max_rate else obj.num_selected
             else:
-                w = sub.weight if sub.weight is not None else _size((kind, name, obj, sub))
+                w = sub.weight if sub.weight is not None else _size((kind, name, obj, sub), True)
             rates.append(float(w))
         for (kind, _, obj, sub), n in zip(members, _largest_remainder(total, rates), strict=True):
             if kind == "task":
@@ -432,9 +443,15 @@ def plan_mixture(
                 )
             m = n if selected is None else cap
             ids = [tt.id for tt in task.templates]
-            tasks[f"eval:{t}"] = TaskPlan(
+            tp = TaskPlan(
                 t, task.cluster, "eval", handle, ids, selected, m * len(ids), m * len(ids), m
             )
+            if spec.eval.few_shot:
+                tp.shots = source_of(task, "train")
+                if tp.shots is None or tp.shots.num_rows == 0:
+                    tp.shots = None
+                    skipped[f"few_shot:{t}"] = "no training rows for exemplars: eval is zero-shot"
+            tasks[f"eval:{t}"] = tp
 
     units: list[Unit] = []
     for key in sorted(tasks, key=lambda k: (k.split(":")[0] != "train", k)):
@@ -464,7 +481,22 @@ def plan_mixture(
         sorted(set(missing)),
         task_files,
         dict(sorted(skipped.items())),
+        _tokenizer_path(spec, base_dir, spec_file),
     )
+
+
+def _tokenizer_path(spec: MixtureSpec, base_dir: Path, spec_file: str | None) -> str | None:
+    limit = spec.formats.max_length
+    if isinstance(limit, int):
+        return None
+    path = (base_dir / limit.tokenizer).resolve()
+    if not path.exists():
+        raise SpecError(
+            f"tokenizer {limit.tokenizer!r} not found (looked at {path})",
+            location=_spec_loc(spec_file, "formats.max_length.tokenizer"),
+            hint="a tokenizer folder (with tokenizer.json) or a tokenizer.json file, relative to the spec",
+        )
+    return str(path)
 
 
 # ----------------------------------------------------------------------------- rendering (workers)
@@ -506,6 +538,7 @@ class WorkerContext:
     task_files: dict[str, str]
     template_lines: dict[tuple[str, str], int | None]
     shards: dict[str, int]
+    tokenizer: str | None = None  # formats.max_length in tokens: the tokenizer's path
 
 
 class UnitRenderer:
@@ -518,6 +551,10 @@ class UnitRenderer:
         self._references: dict[str, References] = {}
         self._readers: dict[str, SourceReader] = {}
         self._blocks: dict[tuple, tuple[str, tuple[str, ...]]] = {}
+        self._input_fields: dict[tuple[str, str], list[str]] = {}
+        self._shot_rows: dict[str, list] = {}  # eval few-shot: prepared training rows per task
+        self._shot_pools: dict[tuple[str, str], list] = {}
+        self._fallback: Counter = Counter()
 
     def _templates(self, task: str) -> dict[str, CompiledTemplate]:
         if task not in self._compiled:
@@ -540,7 +577,7 @@ class UnitRenderer:
             self._readers[key] = SourceReader(self.ctx.plan_tasks[key].handle)
         return self._readers[key]
 
-    def _block(self, choices: tuple[str, ...], style: int | None):
+    def _block(self, choices: tuple[str, ...], style: tuple[str, str] | None):
         key = (choices, style)
         hit = self._blocks.get(key)
         if hit is None:
@@ -550,7 +587,8 @@ class UnitRenderer:
         return hit
 
     def render(self, unit: Unit) -> tuple[dict[str, list], dict[str, Counter]]:
-        """Columns of the unit's rows (unsorted) and its stats (kept and dropped counters)."""
+        """Columns of the unit's rows (unsorted) and its stats: kept, dropped and redrawn
+        examples, and few-shot examples written zero-shot because no exemplar fit."""
         ctx = self.ctx
         spec = ctx.spec
         key = f"{unit.split}:{unit.task}"
@@ -585,8 +623,9 @@ class UnitRenderer:
                 f"cannot read rows of {tp.handle.description}: {type(exc).__name__}: {exc}",
                 location=Location(file=ctx.task_files.get(unit.task), task=unit.task),
             ) from exc
-        kept: Counter = Counter()
-        dropped: Counter = Counter()
+        stats = {k: Counter() for k in ("kept", "dropped", "redrawn", "fewshot_fallback")}
+        self._fallback = stats["fewshot_fallback"]
+        kept, dropped = stats["kept"], stats["dropped"]
         prepared: list[Any] = []
         for raw in raw_rows:
             prepared.append(prepare(raw))
@@ -596,9 +635,9 @@ class UnitRenderer:
             )
         else:
             cols = self._render_train(
-                unit, tp, task, compiled, prepared, inverse, src, repeats, kept, dropped
+                unit, tp, task, compiled, prepared, uniq, inverse, src, repeats, kept, stats
             )
-        return cols, {"kept": kept, "dropped": dropped}
+        return cols, stats
 
     def _fail(self, exc: TemplateError, task: str, split: str, index: int) -> CompileError:
         loc = exc.location.with_(task=task, row=index)
@@ -608,6 +647,7 @@ class UnitRenderer:
 
     def _render_eval(self, unit, tp, task, compiled, prepared, inverse, src, kept, dropped):
         spec = self.ctx.spec
+        fallback = self._fallback
         seed = spec.seed
         rows: list[tuple] = []
         metrics_gen = list(task.evaluation.metrics)
@@ -650,6 +690,12 @@ class UnitRenderer:
                             except TemplateError as exc:
                                 raise self._fail(exc, unit.task, split, index) from exc
                         references = list(dict.fromkeys([target, *gold]))
+                if tp.shots is not None and ct.template.few_shot:
+                    text_in, n_ex = self._eval_shots(unit.task, tp, ct, text_in, index)
+                    if n_ex:
+                        fmt = "fs_cot" if fmt == "cot" else "fs_" + fmt.removeprefix("zs_")
+                    else:
+                        fallback[unit.task] += 1
                 rows.append(
                     (
                         text_in,
@@ -672,8 +718,15 @@ class UnitRenderer:
         return _columns(rows)
 
     def _render_train(
-        self, unit, tp, task, compiled, prepared, inverse, src, repeats, kept, dropped
+        self, unit, tp, task, compiled, prepared, uniq, inverse, src, repeats, kept, stats
     ):
+        """Train rows: per draw a template (named draws), its zero-shot base, then formats.
+
+        A draw whose row or template is skipped (a filter, a label-gated template) is redrawn with
+        the same template on another row of the unit, up to ``REDRAWS`` times, so label-gated
+        templates keep their share and the task its planned count; what is still missing is
+        counted as dropped (the manifest's per-task shortfall).
+        """
         spec = self.ctx.spec
         seed = spec.seed
         split = tp.handle.split
@@ -682,83 +735,102 @@ class UnitRenderer:
         mode = spec.templates.mode
         normal = [t for t in tp.templates if not compiled[t].template.inverted]
         inverted = [t for t in tp.templates if compiled[t].template.inverted]
-        varied = fmts.options_style == "varied"
-        # pass 1: render the zero-shot base of every (row, template)
-        base: list[tuple] = []  # (j, tid, input, target, choices, index, repeat, bits)
-        src_list, rep_list = src.tolist(), repeats.tolist()
-        for j, pos in enumerate(inverse.tolist()):
-            row = prepared[pos]
+        dropped, redrawn = stats["dropped"], stats["redrawn"]
+        bare = fmts.instructions != "templates"
+        # pass 1: the zero-shot base of every (draw, template)
+        base: list[_Base] = []
+        src_list, rep_list, inv_list = src.tolist(), repeats.tolist(), inverse.tolist()
+        for j, pos in enumerate(inv_list):
             index = src_list[j]
             rep = rep_list[j]
             h = example_seed(seed, unit.task, "#draw", split, index * 1_000_003 + rep)
-            if mode == "all":
-                use_inv = inv_setting is True or (
-                    inv_setting is not False and _u(h, 0) < inv_setting
-                )
-                tids = normal + inverted if use_inv else normal
-            else:
-                group = tp.templates
-                if not isinstance(inv_setting, bool) and normal and inverted:
-                    group = inverted if _u(h, 0) < inv_setting else normal
-                if mode == "random":
-                    tids = [group[(h >> 12) % len(group)]]
-                else:  # round robin over a row's repeats: each row sees every template in turn
-                    tids = [group[(index + rep) % len(group)]]
-            if isinstance(row, Skip):
-                dropped[(unit.task, "*", row.reason)] += len(tids)
-                continue
+            tids = choose_templates(
+                h, tp.templates, normal, inverted, inv_setting, mode, index + rep
+            )
             for tid in tids:
                 ct = compiled[tid]
                 rseed = example_seed(
                     seed, unit.task, tid if not rep else f"{tid}#{rep}", split, index
                 )
-                try:
-                    res = ct.render(row, rseed)
-                except TemplateError as exc:
-                    raise self._fail(exc, unit.task, split, index) from exc
-                if isinstance(res, Skip):
-                    dropped[(unit.task, tid, res.reason)] += 1
+                rec = self._base(unit.task, ct, prepared[pos], index, rep, rseed, split, bare)
+                first, attempt = rec, 0
+                while isinstance(rec, str) and attempt < REDRAWS:
+                    attempt += 1
+                    k = draw_index(h, f"redraw:{tid}:{attempt}", len(prepared))
+                    at = unit.start + j  # the draw position: unique within the task
+                    rseed = example_seed(seed, unit.task, f"{tid}#redraw{attempt}", split, at)
+                    rec = self._base(
+                        unit.task, ct, prepared[k], int(uniq[k]), rep, rseed, split, bare
+                    )
+                    if not isinstance(rec, str):
+                        rec.redraw = (at, attempt)
+                if isinstance(rec, str):
+                    dropped[(unit.task, tid, first)] += 1
                     continue
-                if res.choices is not None and res.target not in res.choices:
-                    raise _target_error(ct, split, index, res.target, res.choices)
-                base.append((j, tid, res.input, res.target, res.choices, index, rep, rseed))
+                if isinstance(first, str):
+                    redrawn[(unit.task, tid, first)] += 1
+                base.append(rec)
         # pass 2: formats (options, few-shot) and columns
         by_template: dict[str, list[int]] = {}
         if fmts.few_shot > 0:
             for b, rec in enumerate(base):
-                by_template.setdefault(rec[1], []).append(b)
+                by_template.setdefault(rec.tid, []).append(b)
+        markers, headers = fmts.styles()
+        flan_only = markers == ("flan",)
+        shots = FEW_SHOT_FORMATS[fmts.few_shot_format]
         rows: list[tuple] = []
         cluster = tp.cluster
-        for b, (_j, tid, text_in, target, choices, index, rep, rseed) in enumerate(base):
-            ct = compiled[tid]
+        for b, rec in enumerate(base):
+            ct = compiled[rec.tid]
             tmpl = ct.template
+            text_in, choices, rseed = rec.input, rec.choices, rec.rseed
+            listed = tmpl.choices_in_input and not bare  # the template's input lists the choices
             show = False
             style = None
             if choices is not None:
-                show = tmpl.choices_in_input or _u(rseed, 1) < fmts.options
-                if varied and show and not tmpl.choices_in_input:
-                    style = (rseed >> 24) % len(STYLES)
-            few = tmpl.few_shot and fmts.few_shot > 0 and _u(rseed, 3) < fmts.few_shot
+                show = listed or uniform(rseed, "options") < fmts.options
+                if show and not listed and not flan_only:
+                    marker = pick(rseed, "marker", markers)
+                    if marker != "flan":
+                        style = (pick(rseed, "header", headers), marker)
+            few = tmpl.few_shot and fmts.few_shot > 0 and uniform(rseed, "few_shot") < fmts.few_shot
             options = answer = None
-            shown_target = target
+            shown_target = rec.target
             if show:
-                if tmpl.choices_in_input:
+                if listed:
                     labels = choices
                 else:
                     block, labels = self._block(choices, style)
                     text_in = text_in + block
-                answer = choices.index(target)
+                answer = choices.index(rec.target)
                 shown_target = labels[answer]
                 options = list(labels)
             if few:
-                text_in, n_ex = self._few_shot(
-                    base, by_template.get(tid, ()), b, text_in, show, style, tmpl, rseed
-                )
-                few = n_ex > 0  # no exemplar fits max_length: written zero-shot
+                group = by_template.get(rec.tid, ())
+                pool = self._exemplar_pool(base, group, b, rseed)
+                exemplars = []
+                for g in pool:
+                    ex = base[g]
+                    ex_in, ex_target = ex.input, ex.target
+                    if show and ex.choices is not None and not listed:
+                        block, labels = self._block(ex.choices, style)
+                        ex_in, ex_target = ex_in + block, labels[ex.choices.index(ex.target)]
+                    exemplars.append((ex_in, ex_target))
+                text_in, n_ex = self._fit_shots(shots, exemplars, text_in)
+                if n_ex == 0:  # no exemplar fits max_length: written zero-shot, and counted
+                    stats["fewshot_fallback"][unit.task] += 1
+                few = n_ex > 0
             if tmpl.cot:
                 fmt = "fs_cot" if few else "cot"
             else:
                 fmt = ("fs_" if few else "zs_") + ("opt" if show else "noopt")
+            if rec.redraw is None:
+                eid = example_id(seed, "train", unit.task, rec.tid, fmt, split, rec.index, rec.rep)
+            else:  # a redrawn example: its own id space, keyed by draw position and attempt
+                at, attempt = rec.redraw
+                eid = example_id(
+                    seed, "train", unit.task, rec.tid, fmt + "/redraw", split, at, attempt
+                )
             rows.append(
                 (
                     text_in,
@@ -773,52 +845,224 @@ class UnitRenderer:
                     None,
                     None,
                     split,
-                    index,
-                    example_id(seed, "train", unit.task, tid, fmt, split, index, rep),
+                    rec.index,
+                    eid,
                 )
             )
             kept[(unit.task, ct.full_id, fmt)] += 1
         return _columns(rows)
 
-    def _few_shot(self, base, group, b, text_in, show, style, tmpl, rseed) -> tuple[str, int]:
-        """Prefix up to k exemplars of the same template from other training rows of this unit."""
-        fmts = self.ctx.spec.formats
-        index = base[b][5]
-        rng = random.Random(rseed)
+    def _base(self, task, ct, row, index, rep, rseed, split, bare) -> _Base | str:
+        """The zero-shot base of one example, or the reason it is skipped."""
+        if isinstance(row, Skip):
+            return row.reason
+        try:
+            res = ct.render(row, rseed)
+        except TemplateError as exc:
+            raise self._fail(exc, task, split, index) from exc
+        if isinstance(res, Skip):
+            return res.reason
+        if res.choices is not None and res.target not in res.choices:
+            raise _target_error(ct, split, index, res.target, res.choices)
+        text_in = res.input
+        if bare:
+            text_in = self._bare_input(task, ct, row)
+        return _Base(ct.template.id, text_in, res.target, res.choices, index, rep, rseed)
+
+    def _bare_input(self, task: str, ct: CompiledTemplate, row) -> str:
+        """``formats.instructions`` none / dataset_name: the fields the template's input reads,
+        in the task's field order, one per line; dataset_name puts the task id first."""
+        key = (task, ct.template.id)
+        names = self._input_fields.get(key)
+        if names is None:
+            used = template_variables(ct.template)["input"]
+            names = self._input_fields[key] = [f for f in self.ctx.tasks[task].fields if f in used]
+        parts = []
+        for name in names:
+            value = row.get(name)
+            if isinstance(value, (list, tuple)):
+                value = "\n".join(str(v) for v in value)
+            if value is not None and str(value).strip():
+                parts.append(str(value).strip())
+        text = "\n".join(parts)
+        if self.ctx.spec.formats.instructions == "dataset_name":
+            text = f"{task}\n\n{text}"
+        return text
+
+    def _eval_shots(self, task, tp, ct, text_in, index) -> tuple[str, int]:
+        """``eval.few_shot`` exemplars for one eval row: rows of the task's training split
+        rendered with the same template (FLAN's few-shot evaluation), picked by a named draw."""
+        pool = self._shot_pool(task, tp, ct)
+        if tp.shots.split == tp.handle.split:  # same rows (e.g. samples): never the row itself
+            pool = [p for p in pool if p[0] != index]
+        if not pool:
+            return text_in, 0
+        spec = self.ctx.spec
+        rng = random.Random(
+            draw(example_seed(spec.seed, task, ct.template.id, tp.handle.split, index), "exemplars")
+        )
+        picked = rng.sample(pool, min(spec.eval.few_shot, len(pool)))
+        shots = FEW_SHOT_FORMATS[spec.formats.few_shot_format]
+        return self._fit_shots(shots, [(x, y) for _, x, y in picked], text_in)
+
+    def _shot_pool(self, task, tp, ct) -> list[tuple[int, str, str]]:
+        """(index, input, target) of up to 8 x eval.few_shot training rows (a seeded subset, the
+        same for every unit) rendered with one template, options as the eval rows show them."""
+        key = (task, ct.template.id)
+        if key in self._shot_pools:
+            return self._shot_pools[key]
+        spec = self.ctx.spec
+        if task not in self._shot_rows:
+            n = tp.shots.num_rows
+            size = min(n, 8 * spec.eval.few_shot)
+            idx = np.sort(_seeded_rng(spec.seed, "eval-shots", task).choice(n, size, replace=False))
+            raw = SourceReader(tp.shots).read(idx)
+            prepare = self._prepare[task]
+            self._shot_rows[task] = [(int(i), prepare(r)) for i, r in zip(idx, raw, strict=True)]
+        pool = []
+        for i, row in self._shot_rows[task]:
+            if isinstance(row, Skip):
+                continue
+            seed = example_seed(spec.seed, task, ct.template.id + "#shot", tp.shots.split, i)
+            try:
+                res = ct.render(row, seed)
+            except TemplateError as exc:
+                raise self._fail(exc, task, tp.shots.split, i) from exc
+            if isinstance(res, Skip):
+                continue
+            x, y = res.input, res.target
+            listed = ct.template.choices_in_input or not spec.eval.options_in_input
+            if res.choices is not None and not listed:
+                x += self._block(res.choices, None)[0]
+            pool.append((i, x, y))
+        self._shot_pools[key] = pool
+        return pool
+
+    def _exemplar_pool(self, base, group, b, rseed) -> list[int]:
+        """Up to k other rows of the same template, by a named draw; repeats of the query's own
+        source row are not exemplars."""
+        k = self.ctx.spec.formats.k
+        index = base[b].index
+        rng = random.Random(draw(rseed, "exemplars"))
         picked, seen = [], {index}
         n = len(group)
-        for _ in range(
-            min(4 * fmts.k, 4 * n)
-        ):  # distinct source rows; repeats are not new exemplars
+        for _ in range(min(4 * k, 4 * n)):
             g = group[rng.randrange(n)]
-            if base[g][5] not in seen:
-                seen.add(base[g][5])
+            if base[g].index not in seen:
+                seen.add(base[g].index)
                 picked.append(g)
-                if len(picked) == fmts.k:
+                if len(picked) == k:
                     break
-        if not picked:
+        return picked
+
+    def _fit_shots(self, shots, exemplars: list[tuple[str, str]], text_in: str) -> tuple[str, int]:
+        """Exemplars (in order) that fit ``formats.max_length`` with the query, joined by the
+        few-shot format; (text_in, 0) when none fits."""
+        if not exemplars:
             return text_in, 0
+        length = self._length
+        query = shots.query(text_in)
+        budget = self._max_length - length(query)
         parts = []
-        budget = fmts.max_length - len(text_in)
-        for g in picked:
-            _, _, ex_in, ex_target, ex_choices, _, _, _ = base[g]
-            if show and ex_choices is not None and not tmpl.choices_in_input:
-                block, labels = self._block(ex_choices, style)
-                ex_in = ex_in + block
-                ex_target = labels[ex_choices.index(ex_target)]
-            text = ex_in + "\n" + ex_target + "\n\n"
-            if len(text) > budget:
+        for x, y in exemplars:
+            piece = shots.exemplar(x, y)
+            n = length(piece)
+            if n > budget:
                 continue
-            budget -= len(text)
-            parts.append(text)
+            budget -= n
+            parts.append(piece)
+        while parts and self._tokenizer is not None:  # token counts of pieces do not add up exactly
+            if length("".join(parts) + query) <= self._max_length:
+                break
+            parts.pop()
         if not parts:
             return text_in, 0
-        return "".join(parts) + text_in, len(parts)
+        return "".join(parts) + query, len(parts)
+
+    @functools.cached_property
+    def _max_length(self) -> int:
+        limit = self.ctx.spec.formats.max_length
+        return limit if isinstance(limit, int) else limit.tokens
+
+    @functools.cached_property
+    def _tokenizer(self):
+        return load_tokenizer(self.ctx.tokenizer) if self.ctx.tokenizer else None
+
+    def _length(self, text: str) -> int:
+        tok = self._tokenizer
+        return len(text) if tok is None else tok(text)
 
 
-def _u(h: int, k: int) -> float:
-    """The k-th 12-bit field of a 64-bit hash as a number in [0, 1)."""
-    return ((h >> (12 * k + 4)) & 0xFFF) / 4096.0
+REDRAWS = 32  # attempts to replace a skipped draw with another row of the unit
+
+
+def choose_templates(
+    h: int,
+    templates: list[str],
+    normal: list[str],
+    inverted: list[str],
+    inv_setting: bool | float,
+    mode: str,
+    turn: int,
+) -> list[str]:
+    """The template(s) of one draw whose hash is ``h``.
+
+    ``inverted`` a fraction: the named draw "inverted" picks the turned-around group with that
+    probability, then the independent draw "template" picks uniformly within the group. Mode
+    ``all`` gives every template (turned-around ones in the chosen fraction of draws); mode
+    ``round_robin`` rotates by ``turn`` (row index + repeat), so a row's repeats see every template.
+    """
+    if mode == "all":
+        use_inv = inv_setting is True or (
+            inv_setting is not False and uniform(h, "inverted") < inv_setting
+        )
+        return normal + inverted if use_inv else normal
+    group = templates
+    if not isinstance(inv_setting, bool) and normal and inverted:
+        group = inverted if uniform(h, "inverted") < inv_setting else normal
+    if mode == "random":
+        return [group[draw_index(h, "template", len(group))]]
+    return [group[turn % len(group)]]
+
+
+@dataclass(slots=True)
+class _Base:
+    """One rendered zero-shot example before formats: what pass 2 and exemplars read."""
+
+    tid: str
+    input: str
+    target: str
+    choices: tuple[str, ...] | None
+    index: int  # source row
+    rep: int
+    rseed: int
+    redraw: tuple[int, int] | None = None  # (draw position, attempt) of a redrawn skip
+
+
+def load_tokenizer(path: str):
+    """A text -> token count function from a tokenizer.json file or a tokenizer folder."""
+    p = Path(path)
+    file = p if p.is_file() else p / "tokenizer.json"
+    try:
+        if file.is_file():
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(file))
+            return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(p))
+        return lambda text: len(hf(text, add_special_tokens=False)["input_ids"])
+    except ImportError as exc:
+        raise CompileError(
+            "formats.max_length in tokens needs the tokenizers package",
+            hint="pip install 'flanmix[train]'",
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - a broken tokenizer is the spec's problem
+        raise CompileError(
+            f"cannot load the tokenizer {path}: {type(exc).__name__}: {exc}",
+            location=Location(file=path, field="formats.max_length.tokenizer"),
+        ) from exc
 
 
 def _target_error(

@@ -8,7 +8,15 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 ID_PATTERN = r"^[a-z][a-z0-9_]*$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -290,6 +298,29 @@ class Task(_Model):
     templates: list[Template] = Field(min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("templates")
+    @classmethod
+    def _unique_ids(cls, value: list[Template]) -> list[Template]:
+        """Template ids are unique within a task: they key example ids, stats and evaluation."""
+        first: dict[str, int] = {}
+        for i, t in enumerate(value):
+            if t.id in first:
+                raise ValidationError.from_exception_data(
+                    "Task",
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError(
+                                "duplicate_template_id",
+                                f"template id {t.id!r} is used twice (first by templates[{first[t.id]}])",
+                            ),
+                            loc=(i, "id"),
+                            input=t.id,
+                        )
+                    ],
+                )
+            first[t.id] = i
+        return value
+
     def template(self, template_id: str) -> Template:
         for template in self.templates:
             if template.id == template_id:
@@ -326,9 +357,27 @@ class OverlapGroup(_Model):
         return self
 
 
+class RelatedGroup(_Model):
+    """Variants of one dataset (FLAN collapses them into one task when it splits): a holdout of any
+    member holds out all of them, so no variant trains while another is evaluated."""
+
+    name: str = Field(pattern=ID_PATTERN)
+    tasks: list[str] = Field(min_length=2)
+    reason: str = ""
+
+
 class ClustersFile(_Model):
     clusters: dict[str, Cluster]
-    overlap_groups: list[OverlapGroup] = Field(default_factory=list)
+    overlap_groups: list[OverlapGroup] = Field(
+        default_factory=list,
+        description="clusters (or tasks) that a cluster holdout keeps out of training together",
+    )
+    related: list[RelatedGroup] = Field(default_factory=list)
+    built_from: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="task -> tasks whose text it is built from: it never trains while one of "
+        "them is held out",
+    )
 
     @field_validator("clusters")
     @classmethod

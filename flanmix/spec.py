@@ -84,6 +84,12 @@ class Templates(_Model):
     cot: bool = Field(
         default=True, description="use chain-of-thought templates where a task has them"
     )
+    per_task: int | None = Field(
+        default=None,
+        ge=1,
+        description="train on the first N templates of each task, in file order, after the "
+        "inverted/cot settings (FLAN's number-of-templates ablation); eval keeps every template",
+    )
 
     @field_validator("inverted")
     @classmethod
@@ -91,6 +97,16 @@ class Templates(_Model):
         if not isinstance(value, bool) and not 0.0 <= value <= 1.0:
             raise ValueError("inverted must be true, false or a fraction between 0 and 1")
         return value
+
+
+class MaxTokens(_Model):
+    """A few-shot length limit in tokens of a named tokenizer (a local folder or file)."""
+
+    tokens: int = Field(ge=16)
+    tokenizer: str = Field(
+        min_length=1,
+        description="a tokenizer folder (transformers.AutoTokenizer) or tokenizer.json, relative to the spec",
+    )
 
 
 class Formats(_Model):
@@ -102,8 +118,16 @@ class Formats(_Model):
     k: int = Field(
         default=3, ge=1, le=16, description="exemplars per few-shot example (fewer if too long)"
     )
-    max_length: int = Field(
-        default=2048, ge=64, description="maximum input length of a few-shot example, in characters"
+    max_length: int | MaxTokens = Field(
+        default=2048,
+        description="maximum input length of a few-shot example: characters (a number) or "
+        "{tokens: N, tokenizer: PATH}; exemplars that do not fit are left out, and an example with "
+        "none left is written zero-shot (counted as a fallback in the stats and the summary)",
+    )
+    few_shot_format: Literal["flanmix", "flan2021", "flan_v2"] = Field(
+        default="flanmix",
+        description="how exemplars are joined: flanmix (x, newline, y, blank line), flan2021 "
+        "('0 x X 1 y X ... FLAN'), flan_v2 (blank line between x and y, two between exemplars)",
     )
     options: float = Field(
         default=1.0,
@@ -113,8 +137,62 @@ class Formats(_Model):
     )
     options_style: Literal["flan", "varied"] = Field(
         default="flan",
-        description="flan: 'OPTIONS:' and a dashed list; varied: seeded headers, letters, numbers",
+        description="flan: 'OPTIONS:' and a dashed list; varied: the frozen list of every header "
+        "and marker below (unless options_styles/options_headers name them)",
     )
+    options_styles: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="option markers drawn per example among these names: flan, dash, "
+        "letter_paren, letter_dot, number_dot, number_paren",
+    )
+    options_headers: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="headers drawn per example among these names (markers other than flan): "
+        "options_caps, options, choose, pick_from, possible_answers, available_choices, choices, "
+        "select, answer_options",
+    )
+    instructions: Literal["templates", "none", "dataset_name"] = Field(
+        default="templates",
+        description="train inputs: the templates' instructions; none: the input fields only; "
+        "dataset_name: the task id, then the input fields (FLAN's instruction ablations; "
+        "turned-around templates are left out; eval rows keep the templates)",
+    )
+
+    @field_validator("options_styles")
+    @classmethod
+    def _known_styles(cls, value: list[str] | None) -> list[str] | None:
+        from .sampling import MARKERS
+
+        return _known(value, MARKERS, "options style")
+
+    @field_validator("options_headers")
+    @classmethod
+    def _known_headers(cls, value: list[str] | None) -> list[str] | None:
+        from .sampling import HEADERS
+
+        return _known(value, HEADERS, "options header")
+
+    def styles(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(markers, headers) drawn among; markers ('flan',) alone is FLAN's block everywhere."""
+        from .sampling import VARIED_HEADERS, VARIED_MARKERS
+
+        varied = self.options_style == "varied"
+        markers = self.options_styles or (VARIED_MARKERS if varied else ("flan",))
+        headers = self.options_headers or VARIED_HEADERS
+        return tuple(markers), tuple(headers)
+
+
+def _known(value: list[str] | None, known: dict, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    for name in value:
+        if name not in known:
+            raise ValueError(f"unknown {what} {name!r}; known: {', '.join(known)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"an {what} is listed twice")
+    return value
 
 
 class Eval(_Model):
@@ -123,6 +201,14 @@ class Eval(_Model):
     enabled: bool = True
     max_rows_per_task: int | None = Field(default=None, ge=1)
     options_in_input: bool = Field(default=True, description="append the FLAN-style OPTIONS block")
+    few_shot: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="exemplars before every eval row (0: zero-shot), drawn from the held-out "
+        "task's training split with the same template, in formats.few_shot_format, fitted to "
+        "formats.max_length",
+    )
 
 
 class Output(_Model):

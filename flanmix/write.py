@@ -46,6 +46,7 @@ from .mixture import (
     tmp_dir_for,
 )
 from .publish import claim, os_error
+from .sampling import SAMPLING_VERSION
 from .spec import MixtureSpec, load_spec
 
 ROW_GROUP = 10_000
@@ -185,13 +186,26 @@ def _template_lines(catalog: Catalog, names: set[str]) -> dict[tuple[str, str], 
 def _stats_from(results: list, plan: Plan) -> dict[str, Any]:
     kept: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
     dropped: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
+    redrawn: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
+    fallback: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
     unit_split = {u.uid: u.split for u in plan.units}
     for _, uid, stats, _n in results:
         split = unit_split[uid]
         kept[split].update(stats["kept"])
         dropped[split].update(stats["dropped"])
+        for (task, _tpl, _why), n in stats.get("redrawn", {}).items():
+            redrawn[split][task] += n
+        fallback[split].update(stats.get("fewshot_fallback", {}))
     cluster_of = {tp.task: tp.cluster for tp in plan.tasks.values()}
-    out: dict[str, Any] = {"counts": {}, "dropped": {}, "stats": {}}
+    out: dict[str, Any] = {
+        "counts": {},
+        "dropped": {},
+        "stats": {},
+        # skipped examples replaced by another row of the same template, per task
+        "redrawn": {k: dict(sorted(v.items())) for k, v in redrawn.items() if v},
+        # few-shot examples written zero-shot because no exemplar fit max_length, per task
+        "few_shot_fallback": {k: dict(sorted(v.items())) for k, v in fallback.items() if v},
+    }
     for split in ("train", "eval"):
         by = {"cluster": Counter(), "task": Counter(), "template": Counter(), "format": Counter()}
         for (task, template, fmt), n in kept[split].items():
@@ -402,6 +416,7 @@ def _compile_one(
         task_files=plan.task_files,
         template_lines=_template_lines(catalog, names),
         shards=plan.shards,
+        tokenizer=plan.tokenizer,
     )
     tmp = tmp_dir_for(out)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -480,6 +495,8 @@ def _manifest(
             "planned": tp.planned,
             "rows": stats["counts"][tp.role]["task"].get(tp.task, 0),
         }
+        if tp.role == "train" and tasks[key]["rows"] < tp.planned:
+            tasks[key]["shortfall"] = tp.planned - tasks[key]["rows"]  # skips not redrawn
     uses_samples = any(tp.handle.is_samples for tp in plan.tasks.values())
     return {
         "format_version": FORMAT_VERSION,
@@ -498,6 +515,9 @@ def _manifest(
         "splits": splits,
         "counts": stats["counts"],
         "dropped": stats["dropped"],
+        "redrawn": stats["redrawn"],
+        "few_shot_fallback": stats["few_shot_fallback"],
+        "sampling_version": SAMPLING_VERSION,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "pyarrow": pa.__version__,
     }

@@ -16,7 +16,8 @@ import pytest
 
 from flanmix.catalog import load_catalog
 from flanmix.errors import CompileError, SpecError
-from flanmix.mix import STYLES, options_block, plan_mixture, resolve_holdout
+from flanmix.mix import options_block, plan_mixture, resolve_holdout
+from flanmix.sampling import VARIED_HEADERS, VARIED_MARKERS
 from flanmix.mixture import Mixture
 from flanmix.spec import spec_from_mapping
 from flanmix.write import compile_mixture
@@ -220,7 +221,7 @@ def test_varied_options_styles_rewrite_targets(tmp_path, catalog):
     assert any(r["targets"] in ("A", "(A)", "1", "B", "(B)", "2") for r in rows)
     headers = {r["inputs"].split("\n\n")[-1].split("\n")[0] for r in rows}
     assert len(headers) > 3
-    assert len(STYLES) >= 20
+    assert len(VARIED_HEADERS) * len(VARIED_MARKERS) >= 20
 
 
 def test_options_ratio_and_formats(tmp_path, catalog):

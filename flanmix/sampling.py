@@ -1,0 +1,151 @@
+"""Seeded draws and the named formats they choose among: options styles and few-shot layouts.
+
+Every random decision of the compiler is a *named draw* from a 64-bit base hash: the decision's
+name is hashed once (:func:`flanmix.render.hash64`) and mixed with the base (:func:`flanmix.render.
+mix64`), so each decision reads its own independent 64 bits. Adding, removing or reordering one
+decision never shifts another, and no two decisions share bits (``sampling_version`` 1 read
+overlapping bit fields of one hash, which biased the template choice when ``inverted`` was a
+fraction).
+
+Choices among *named* things (options headers and markers) use rendezvous hashing: every name gets
+a score ``draw(base, "style:" + name)`` and the highest wins. A spec that lists one more name
+changes only the rows the new name wins; a spec that lists the same names always gets the same
+styles, whatever names the registry gains later.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .render import hash64, mix64
+
+#: Written to the manifest. 1: bit fields of one hash per row (flanmix <= 0.1 before issue 11).
+#: 2: independent named draws, rendezvous-hashed option styles, redrawn skips.
+SAMPLING_VERSION = 2
+
+_2_53 = float(1 << 53)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(name: str) -> int:
+    return hash64("flanmix-draw", name)
+
+
+def draw(base: int, name: str) -> int:
+    """64 independent bits for the decision ``name`` of the example whose hash is ``base``."""
+    return mix64(base, _key(name))
+
+
+def uniform(base: int, name: str) -> float:
+    """A number in [0, 1) for the decision ``name`` (53 bits)."""
+    return (draw(base, name) >> 11) / _2_53
+
+
+def index(base: int, name: str, n: int) -> int:
+    """An index in [0, n) for the decision ``name`` (modulo bias below 2**-50 for n < 16384)."""
+    return draw(base, name) % n
+
+
+def pick(base: int, name: str, names: Sequence[str]) -> str:
+    """One of ``names`` by rendezvous hashing: stable when other names are added or removed."""
+    return max(names, key=lambda n: (draw(base, f"{name}:{n}"), n))
+
+
+# ----------------------------------------------------------------------------- options styles
+
+FLAN_HEADER = "OPTIONS:"
+#: Header name -> the line above the options.
+HEADERS = {
+    "options_caps": "OPTIONS:",
+    "options": "Options:",
+    "choose": "Choose your answer from:",
+    "pick_from": "Pick from:",
+    "possible_answers": "Possible answers:",
+    "available_choices": "Available choices:",
+    "choices": "Choices:",
+    "select": "Select from the following.",
+    "answer_options": "Answer options:",
+}
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class Marker:
+    """How one option line is written, and how the target names the right option."""
+
+    line: str  # format of one option line: {c} choice, {L} letter, {n} number
+    target: str | None  # format of the target; None: the choice's own text
+
+
+#: Marker name -> line and target formats. ``flan`` is FLAN's block: ``OPTIONS:`` and dashes,
+#: whatever headers a spec lists.
+MARKERS = {
+    "flan": Marker("- {c}", None),
+    "dash": Marker("- {c}", None),
+    "letter_paren": Marker("({L}) {c}", "({L})"),
+    "letter_dot": Marker("{L}. {c}", "{L}"),
+    "number_dot": Marker("{n}. {c}", "{n}"),
+    "number_paren": Marker("{n}) {c}", "{n}"),
+}
+#: ``options_style: varied`` as it was when the names were introduced (frozen: never extend these
+#: two tuples; a spec that wants a new style lists it in ``options_styles``).
+VARIED_MARKERS = ("dash", "letter_paren", "letter_dot", "number_dot", "number_paren")
+VARIED_HEADERS = tuple(HEADERS)
+
+
+def options_block(
+    choices: tuple[str, ...], style: tuple[str, str] | None
+) -> tuple[str, tuple[str, ...]]:
+    """The text appended to the input, and the options as the target must name them.
+
+    ``style`` is (header name, marker name); None (or marker ``flan``) is FLAN's ``OPTIONS:`` and a
+    dashed list, the target unchanged.
+    """
+    if style is None or style[1] == "flan":
+        return "\n\n" + FLAN_HEADER + "\n" + "\n".join("- " + c for c in choices), choices
+    header, marker = HEADERS[style[0]], MARKERS[style[1]]
+    lines, labels = [], []
+    for i, c in enumerate(choices):
+        letter = LETTERS[i] if i < len(LETTERS) else str(i + 1)
+        lines.append(marker.line.format(c=c, L=letter, n=i + 1))
+        labels.append(c if marker.target is None else marker.target.format(L=letter, n=i + 1))
+    return "\n\n" + header + "\n" + "\n".join(lines), tuple(labels)
+
+
+# ----------------------------------------------------------------------------- few-shot layouts
+
+
+@dataclass(frozen=True)
+class FewShotFormat:
+    """How exemplars and the query are joined into one input.
+
+    The input is ``prefix_x + x + xy + prefix_y + y + sep`` for every exemplar, then
+    ``prefix_x + query + xy + prefix_y``, right-stripped, then ``suffix``.
+    """
+
+    prefix_x: str
+    xy: str
+    prefix_y: str
+    sep: str
+    suffix: str
+    note: str
+
+    def exemplar(self, x: str, y: str) -> str:
+        return self.prefix_x + x + self.xy + self.prefix_y + y + self.sep
+
+    def query(self, x: str) -> str:
+        return (self.prefix_x + x + self.xy + self.prefix_y).rstrip() + self.suffix
+
+
+FEW_SHOT_FORMATS = {
+    # flanmix's own layout (sampling_version 1): input, newline, target, blank line.
+    "flanmix": FewShotFormat("", "\n", "", "\n\n", "", "x, newline, y, blank line"),
+    # FLAN 2021 (flan/few_shot.py): speaker turns "0 " and "1 ", " X " between x and y and between
+    # exemplars, " FLAN" at the end.
+    "flan2021": FewShotFormat("0 ", " X ", "1 ", " X ", " FLAN", "0 x X 1 y X ... 0 q X 1 FLAN"),
+    # FLAN v2 / Flan Collection (flan/v2/few_shot.py defaults): a blank line between x and y, two
+    # blank lines between exemplars.
+    "flan_v2": FewShotFormat("", "\n\n", "", "\n\n\n", "", "x, blank line, y, two blank lines"),
+}
