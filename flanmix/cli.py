@@ -580,6 +580,84 @@ def _add_sources(sub) -> None:
     actions = p.add_subparsers(dest="sources_command", required=True, metavar="ACTION")
     # every `flanmix sources ACTION` registers on `actions` here
     _add_sources_build(actions)
+    _add_sources_check(actions)
+    _add_sources_fixture(actions)
+
+
+def _add_sources_check(actions) -> None:
+    p = actions.add_parser(
+        "check",
+        help="probe task sources from metadata only (no rows downloaded); exit 1 on any problem",
+        description="For each task: the hub repository and revision exist, no loading script at "
+        "that revision, config and splits present, declared fields present with the right types "
+        "and label names. Give a mixture spec (its tasks and roles), task ids, or nothing (every "
+        "task).",
+    )
+    p.add_argument("targets", nargs="*", help="a mixture spec (.yaml) or task ids (default: all)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--hub-root",
+        type=Path,
+        default=None,
+        help="folder standing in for the hub: repo owner/name is DIR/owner/name "
+        "(DIR/owner/name@<quoted revision> at a revision); default $FLANMIX_HUB_ROOT",
+    )
+    p.add_argument("--root", type=Path, default=None, help="folder holding task_templates/")
+    p.set_defaults(func=_run_sources_check)
+
+
+def _run_sources_check(args) -> int:
+    from .sources_check import check_tasks, format_reports, hub_root, reports_json
+
+    targets = args.targets
+    folders: dict[str, Path] = {}
+    if len(targets) == 1 and targets[0].endswith((".yaml", ".yml")) and Path(targets[0]).is_file():
+        from .catalog import load_catalog
+        from .mix import spec_source_uses
+        from .spec import load_spec
+
+        spec, base = load_spec(targets[0])
+        root = args.root or ((base / spec.catalog) if spec.catalog else None)
+        catalog = load_catalog(root)
+        uses = spec_source_uses(spec, catalog, targets[0])
+        folders = {t: base / d for t, d in spec.sources.items()}
+    else:
+        catalog = _catalog(args)
+        for t in targets:
+            catalog.task_file(t)  # unknown ids: a located error with a close match
+        uses = {t: {"train", "eval"} for t in (targets or sorted(catalog.tasks))}
+    items = [(catalog.task_file(t), uses[t], folders.get(t)) for t in sorted(uses)]
+    reports = check_tasks(items, root=hub_root(args.hub_root))
+    print(reports_json(reports) if args.format == "json" else format_reports(reports))
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _add_sources_fixture(actions) -> None:
+    p = actions.add_parser(
+        "fixture",
+        help="write repository-shaped folders of the tasks' hub sources from their samples",
+        description="Writes, under OUT, each task's hub repository as its task file declares it "
+        "(revision layout, config, splits, features in the Parquet schema), filled with the "
+        "task's samples: a stand-in hub for `sources check --hub-root OUT` and compile "
+        "(FLANMIX_HUB_ROOT=OUT) without a network.",
+    )
+    p.add_argument("tasks", nargs="*", help="task ids (default: every task with a hub source)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the stand-in hub folder")
+    p.add_argument("--root", type=Path, default=None, help="folder holding task_templates/")
+    p.set_defaults(func=_run_sources_fixture)
+
+
+def _run_sources_fixture(args) -> int:
+    from .sources_check import write_fixture_repo
+
+    catalog = _catalog(args)
+    written = []
+    for t in args.tasks or sorted(catalog.tasks):
+        folder = write_fixture_repo(catalog.task(t), args.out)
+        if folder is not None:
+            written.append(folder)
+    print(f"wrote {len(written)} repository folder(s) under {args.out}")
+    return 0
 
 
 def _add_sources_build(actions) -> None:

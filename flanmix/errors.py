@@ -73,6 +73,23 @@ class SourceError(FlanmixError):
     """A data source that cannot be loaded."""
 
 
+class PreflightError(SourceError):
+    """Several task sources cannot be read; each problem is a located :class:`SourceError`."""
+
+    def __init__(self, message: str, problems: list[SourceError], **kwargs):
+        super().__init__(message, **kwargs)
+        self.problems = problems
+
+    def __str__(self) -> str:
+        where = str(self.location)
+        lines = [f"{where}: {self.message}" if where else self.message]
+        for p in self.problems:
+            lines += ["  " + line for line in str(p).splitlines()]
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
 class CompileError(FlanmixError):
     """Compiling a mixture failed; nothing was published."""
 

@@ -290,6 +290,69 @@ def _largest_remainder(total: int, rates: list[float]) -> list[int]:
     return out
 
 
+def spec_source_uses(
+    spec: MixtureSpec, catalog: Catalog, spec_file: str | None = None
+) -> dict[str, set[str]]:
+    """Task -> the roles ("train", "eval") a compile of ``spec`` reads its source for (every
+    task in both roles for a leave-one-cluster-out spec). Reads no source."""
+    holdout = resolve_holdout(spec, catalog, spec_file)
+    held, removed = set(holdout["tasks"]), set(holdout["removed_for_overlap"])
+    loco = spec.holdout.leave_one_cluster_out
+    uses: dict[str, set[str]] = {}
+
+    def walk(node: Submix, where: str) -> None:
+        for t in _expand(node, catalog, spec, spec_file, where, []):
+            if loco or (t not in held and t not in removed):
+                uses.setdefault(t, set()).add("train")
+            if loco and spec.eval.enabled:
+                uses[t].add("eval")
+        for i, sub in enumerate(node.submixes):
+            walk(sub, f"{where}submixes[{i}].")
+
+    walk(spec.root(), "")
+    if spec.eval.enabled:
+        for t in held:
+            uses.setdefault(t, set()).add("eval")
+    return uses
+
+
+def _preflight(tree, held, spec, catalog, base_dir, hub, spec_file) -> dict[str, str]:
+    """Check every source the plan reads (metadata only) before any row is read.
+
+    Raises one :class:`PreflightError` listing every broken source, or with ``on_source_error:
+    skip`` returns "role:task" -> reason for each left-out task. Tasks whose hub cannot be
+    reached read their samples (``hub.fallback``), as before.
+    """
+    from .sources_check import preflight, preflight_error
+
+    uses: dict[str, set[str]] = {}
+
+    def collect(node) -> None:
+        _, leaves, children = node
+        for t, _cap in leaves:
+            uses.setdefault(t, set()).add("train")
+        for child in children:
+            collect(child)
+
+    collect(tree)
+    if spec.eval.enabled:
+        for t in held:
+            uses.setdefault(t, set()).add("eval")
+    folders = {t: base_dir / d for t, d in spec.sources.items()}
+    failing, unreachable = preflight(
+        uses, catalog, offline=hub.offline, folders=folders, root=hub.root
+    )
+    hub.fallback.update(unreachable)
+    if failing and spec.on_source_error == "error":
+        raise preflight_error(failing, spec_file)
+    out: dict[str, str] = {}
+    for report in failing:
+        for p in report.errors:
+            for role in [p.role] if p.role else sorted(uses[report.task]):
+                out.setdefault(f"{role}:{report.task}", f"source error ({p.kind}): {p.message}")
+    return out
+
+
 def plan_mixture(
     spec: MixtureSpec,
     catalog: Catalog,
@@ -329,6 +392,8 @@ def plan_mixture(
     tasks: dict[str, TaskPlan] = {}
     skipped: dict[str, str] = {}
     task_files = {t: str(catalog.task_file(t).path) for t in catalog.tasks}
+    source_skips = _preflight(tree, held, spec, catalog, base_dir, hub, spec_file)
+    skipped.update(source_skips)
 
     def source_of(task: Task, role: str) -> SourceHandle | None:
         local_dir = spec.sources.get(task.id)
@@ -346,6 +411,8 @@ def plan_mixture(
             raise
 
     def add_train(t: str, cap: int | None) -> TaskPlan | None:
+        if f"train:{t}" in source_skips:
+            return None
         task = catalog.task(t)
         handle = source_of(task, "train")
         if handle is None:
@@ -425,6 +492,8 @@ def plan_mixture(
     # held-out tasks: the eval split, every template, rows capped by eval.max_rows_per_task
     if spec.eval.enabled:
         for t in sorted(held):
+            if f"eval:{t}" in source_skips:
+                continue
             task = catalog.task(t)
             handle = source_of(task, "eval")
             if handle is None or handle.num_rows == 0:

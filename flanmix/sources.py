@@ -46,9 +46,15 @@ class SourceHandle:
 class HubState:
     """Remembers that the hub was unreachable, so later tasks fall back at once instead of retrying."""
 
-    def __init__(self, offline: bool):
+    def __init__(self, offline: bool, root: Path | None = None):
+        from .sources_check import hub_root
+
         self.offline = offline
         self.unreachable: str | None = None
+        #: a folder standing in for the hub (``FLANMIX_HUB_ROOT``; see flanmix.sources_check)
+        self.root = root if root is not None else hub_root()
+        #: task -> why it reads its samples: the pre-flight found the hub unreachable for it
+        self.fallback: dict[str, str] = {}
 
 
 def _network_error(exc: BaseException) -> bool:
@@ -65,6 +71,9 @@ def _network_error(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     return "ConnectionError" in names or "ConnectError" in names
+
+
+network_error = _network_error  # public: the pre-flight (flanmix.sources_check) classifies alike
 
 
 def _samples(task: Task, split: str, why: str) -> SourceHandle:
@@ -108,12 +117,19 @@ def resolve_source(
     hf = task.source.hf
     if hub.unreachable:
         return _samples(task, "samples", f"hub unreachable: {hub.unreachable}")
+    if task.id in hub.fallback:
+        return _samples(task, "samples", f"hub unreachable: {hub.fallback[task.id]}")
     import datasets
+
+    from .sources_check import local_repo
+
+    repo = local_repo(hf, hub.root)  # a repository-shaped folder plays the hub repo
+    path, revision = (str(repo), None) if repo is not None else (hf.path, hf.revision)
 
     what = f"hub:{hf.path}" + (f"/{hf.name}" if hf.name else "") + f"@{split}"
     try:
         ds = datasets.load_dataset(
-            hf.path, hf.name, split=split, revision=hf.revision, data_dir=hf.data_dir
+            path, hf.name, split=split, revision=revision, data_dir=hf.data_dir
         )
     except Exception as exc:  # noqa: BLE001 - network errors fall back, the rest are the source's
         if _network_error(exc):

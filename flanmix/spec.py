@@ -236,6 +236,12 @@ class MixtureSpec(_Model):
         default="error",
         description="tasks listed in clusters.yaml without a task file: refuse, or skip (reported)",
     )
+    on_source_error: Literal["error", "skip"] = Field(
+        default="error",
+        description="a task whose source fails the pre-flight (script-only repository, missing "
+        "config, split or field, missing local file): refuse the compile, or leave the task out "
+        "(recorded in the manifest, inspect and the card)",
+    )
     cap: int | None = Field(default=30_000, ge=1, description="per-task cap on source examples")
     total_rows: int | None = Field(
         default=None,

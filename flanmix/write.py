@@ -264,6 +264,11 @@ def card_text(manifest: dict[str, Any]) -> str:
     lines += ["", "## Sources", "", "| task | role | source |", "|---|---|---|"]
     for _key, info in manifest["tasks"].items():
         lines.append(f"| {info['task']} | {info['role']} | {info['source']} |")
+    if manifest.get("skipped_tasks"):  # left out: no such split, no rows, or a broken source
+        lines += ["", "## Skipped", "", "| task | role | why |", "|---|---|---|"]
+        for key, why in manifest["skipped_tasks"].items():
+            role, task = key.split(":", 1)
+            lines.append(f"| {task} | {role} | {why.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -395,18 +400,27 @@ def _compile_one(
 ):
     out = out.resolve() if out.exists() else Path(os.path.abspath(out))
     say = log or (lambda s: None)
-    out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     if out.exists() and not overwrite:
         raise CompileError(
             f"{out} exists", location=Location(file=str(out)), hint="pass --overwrite to replace it"
         )
-    plan = plan_mixture(
+    plan = plan_mixture(  # checks every source first (pre-flight): nothing is written on failure
         spec, catalog, base_dir=base, offline=offline, spec_file=spec_file, holdout_override=holdout
     )
-    samples = Counter(tp.handle.description for tp in plan.tasks.values() if tp.handle.is_samples)
-    for why, n in samples.items():
-        say(f"NOTE: {n} task(s) read from their samples: {why}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    samples: dict[str, list[str]] = {}
+    for tp in plan.tasks.values():
+        if tp.handle.is_samples:
+            samples.setdefault(tp.handle.description, []).append(tp.task)
+    for why, names in samples.items():
+        names = sorted(set(names))
+        reason = why.removeprefix("samples ")
+        say(f"NOTE: {len(names)} task(s) read from their samples {reason}: {', '.join(names)}")
+    for key, why in plan.skipped_tasks.items():
+        if why.startswith("source error"):
+            role, task = key.split(":", 1)
+            say(f"NOTE: {task} skipped ({role}, on_source_error: skip): {why}")
     workers = max(1, workers or os.cpu_count() or 1)
     names = {tp.task for tp in plan.tasks.values()}
     ctx = WorkerContext(
