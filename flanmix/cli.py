@@ -648,7 +648,7 @@ def _add_sources_fixture(actions) -> None:
 
 
 def _run_sources_fixture(args) -> int:
-    from .sources_check import write_fixture_repo
+    from .repo_fixture import write_fixture_repo
 
     catalog = _catalog(args)
     written = []

@@ -23,13 +23,12 @@ from flanmix.catalog import DEFAULT_ROOT, load_catalog
 from flanmix.cli import main
 from flanmix.errors import PreflightError, SourceError
 from flanmix.mix import plan_mixture, spec_source_uses
+from flanmix.repo_fixture import write_fixture_local, write_fixture_repo
 from flanmix.sources_check import (
     HUB_ROOT_ENV,
     check_task,
     format_reports,
     local_repo,
-    write_fixture_local,
-    write_fixture_repo,
 )
 from flanmix.spec import load_spec
 from flanmix.write import compile_mixture, composition_report
