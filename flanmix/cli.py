@@ -521,7 +521,14 @@ def _add_import(sub) -> None:
     ps = fmt.add_parser(
         "promptsource", help="promptsource templates.yaml files -> flanmix task files"
     )
-    ps.add_argument("path", type=Path, help="a templates.yaml, or a folder searched for them")
+    ps.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="a templates.yaml, or a folder searched for them "
+        "(default: the installed promptsource package's templates folder)",
+    )
     ps.add_argument(
         "-o",
         "--out",
@@ -543,8 +550,11 @@ def _add_import(sub) -> None:
 
 
 def _run_import_promptsource(args) -> int:
-    from .promptsource import import_promptsource
+    from .promptsource import import_promptsource, installed_templates
 
+    if args.path is None:
+        args.path = installed_templates()
+        print(f"reading promptsource's templates from {args.path}")
     report = import_promptsource(
         args.path,
         args.out,
@@ -565,9 +575,15 @@ def _run_import_promptsource(args) -> int:
     for reason, n in report.skipped_by_reason().most_common():
         print(f"  not imported ({reason}): {n}")
     if report.written:
+        ids = sorted(r.task["id"] for r in report.tasks if r.task is not None)
+        shown = ", ".join(ids[:6]) + (", ..." if len(ids) > 6 else "")
         print(
-            "fields and samples are inferred: confirm them (metadata.confirm), list the tasks in "
-            f"clusters.yaml under '{args.cluster}', then run 'flanmix lint'"
+            "fields and samples are inferred: confirm them (metadata.confirm).\n"
+            "Until the tasks are listed in clusters.yaml, lint, compile and demo report them as "
+            "missing from it; add:\n"
+            f"  {args.cluster}:\n    description: imported from promptsource\n"
+            f"    tasks: [{shown}]\n"
+            "then run 'flanmix lint'"
         )
     return 0 if report.imported and not report.unreadable else 1
 

@@ -940,6 +940,23 @@ def iter_imports(
         yield convert_file(psfile, id_prefix=id_prefix, cluster=cluster, truncate=truncate)
 
 
+def installed_templates() -> Path:
+    """The ``templates`` folder of the installed promptsource package (found, not imported:
+    promptsource's own imports fail on Python >= 3.10)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("promptsource")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        if (Path(folder) / "templates").is_dir():
+            return Path(folder) / "templates"
+    raise TaskFileError(
+        "promptsource is not installed, so there is no templates folder to default to",
+        hint="give the folder (flanmix import promptsource PATH), or install it: "
+        "pip install --no-deps --ignore-requires-python promptsource==0.2.3",
+    )
+
+
 def import_promptsource(
     path: str | Path,
     out_dir: str | Path | None = None,

@@ -108,7 +108,20 @@ def load_config(
     names = {f.name: f for f in fields(TrainConfig)}
     raw: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not Path(path).is_file():
+            raise TrainError(
+                f"no such train config file: {path}",
+                location=Location(file=str(path)),
+                hint="give a YAML file of TrainConfig keys, e.g. configs/smollm2.yaml",
+            )
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise TrainError(
+                f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
+                location=Location(file=str(path), line=mark.line + 1 if mark else None),
+            ) from exc
         if not isinstance(loaded, dict):
             raise TrainError(
                 "a train config must be a YAML mapping", location=Location(file=str(path))

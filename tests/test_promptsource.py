@@ -270,6 +270,29 @@ def test_cli_import(tmp_path, capsys):
     assert main(["import", "promptsource", str(tmp_path / "missing"), "-o", str(out)]) == 2
 
 
+def test_cli_import_defaults_to_the_installed_package(tmp_path, capsys, monkeypatch):
+    import importlib.machinery
+    import importlib.util
+    import shutil
+
+    package = tmp_path / "site" / "promptsource"
+    shutil.copytree(NLI.parent, package / "templates" / "toy_nli")
+    found = importlib.machinery.ModuleSpec("promptsource", None, is_package=True)
+    found.submodule_search_locations = [str(package)]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: found if n == "promptsource" else real(n, *a)
+    )
+    out = tmp_path / "imported"
+    assert main(["import", "promptsource", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"from {package / 'templates'}" in printed and "imported into 1 task file(s)" in printed
+    assert "add:\n  imported:\n" in printed and "tasks: [ps_" in printed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None)
+    assert main(["import", "promptsource", "-o", str(out)]) == 2
+    assert "promptsource is not installed" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- parity with promptsource
 
 

@@ -52,6 +52,21 @@ def test_config_from_yaml_then_overrides_then_flags(tmp_path):
     assert isinstance(cfg.lr, float)
 
 
+def test_config_file_errors_are_one_line_and_the_shipped_example_loads(tmp_path, capsys):
+    from flanmix.cli import main
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "configs" / "smollm2.yaml")
+    assert (cfg.model, cfg.chat_template, cfg.packing) == ("smollm2", True, True)
+    assert main(["train", "mix", "-c", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "no such train config file" in err and "Traceback" not in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 1\nmax_steps: [4\n")
+    with pytest.raises(FlanmixError, match=r"bad.yaml:3.*invalid YAML"):
+        load_config(bad)
+
+
 def test_unknown_setting_suggests_the_close_one(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text("learning_rate: 0.1\n")
