@@ -101,3 +101,36 @@ def mixture_front_matter(manifest: dict[str, Any]) -> str:
     """The front matter of a compiled mixture's card."""
     config, info = mixture_config(manifest)
     return front_matter([config], [info])
+
+
+def loco_card(index: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> str:
+    """The card of a leave-one-cluster-out root: one config per held-out cluster, no ``default``.
+
+    ``load_dataset(root, "nli")`` gives the mixture that holds out nli; ``load_dataset(root)``
+    stops and lists the configs instead of merging every mixture (each cluster would then be in
+    the training data of eleven others).
+    """
+    configs, infos = [], []
+    for cluster, manifest in manifests.items():
+        config, info = mixture_config(
+            manifest, cluster, prefix=f"{index['mixtures'][cluster]['path']}/"
+        )
+        configs.append(config)
+        infos.append(info)
+    first = next(iter(manifests), "CLUSTER")
+    lines = [
+        front_matter(configs, infos),
+        f"# {index['name']} (leave one cluster out)",
+        "",
+        "One mixture per held-out cluster, each in its own folder. Load one of them with "
+        f'`datasets.load_dataset("<this folder>", "{first}")`: the config name is the held-out '
+        "cluster. There is no default config, so the mixtures are never merged.",
+        "",
+        "| held out | folder | train rows | eval rows |",
+        "|---|---|---:|---:|",
+    ]
+    for cluster, info in index["mixtures"].items():
+        lines.append(
+            f"| {cluster} | `{info['path']}/` | {info['train_rows']} | {info['eval_rows']} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -421,8 +421,19 @@ def _add_inspect(sub) -> None:
 
 
 def _run_inspect(args) -> int:
+    from .mixture import loco_mixtures
     from .write import composition_report, plot_composition
 
+    loco = loco_mixtures(args.mixture)
+    if loco:  # a leave-one-cluster-out root: every mixture in it
+        print(f"{args.mixture}: leave-one-cluster-out root, {len(loco)} mixtures")
+        for cluster, path in loco.items():
+            print(f"\n== {path} (held out: {cluster})")
+            print(composition_report(path))
+            if args.plot is not None:
+                plot = args.plot.with_name(f"{args.plot.stem}-{cluster}{args.plot.suffix}")
+                print(f"plot saved to {plot_composition(path, plot)}")
+        return 0
     print(composition_report(args.mixture))
     if args.plot is not None:
         print(f"plot saved to {plot_composition(args.mixture, args.plot)}")
@@ -436,17 +447,31 @@ def _add_verify(sub) -> None:
 
 
 def _run_verify(args) -> int:
+    from .mixture import loco_mixtures
+
+    loco = loco_mixtures(args.mixture)
+    if loco:  # a leave-one-cluster-out root: every mixture in it
+        failed = [path for path in loco.values() if _verify_one(path)]
+        print(
+            f"{args.mixture}: {len(loco) - len(failed)} of {len(loco)} mixtures OK"
+            + (f"; failed: {', '.join(str(p) for p in failed)}" if failed else "")
+        )
+        return 1 if failed else 0
+    return _verify_one(args.mixture)
+
+
+def _verify_one(path: Path) -> int:
     from .mixture import Mixture
     from .verify import mixture_problems
 
-    mixture = Mixture.open(args.mixture)
+    mixture = Mixture.open(path)
     problems = mixture_problems(mixture)
     for problem in problems:
-        print(f"{args.mixture}: {problem}")
+        print(f"{path}: {problem}")
     if problems:
         return 1
     n = sum(len(mixture.shards(s)) for s in ("train", "eval"))
-    print(f"{args.mixture}: OK ({n} shards, every sha256 matches)")
+    print(f"{path}: OK ({n} shards, every sha256 matches)")
     return 0
 
 

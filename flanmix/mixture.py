@@ -32,6 +32,7 @@ from .errors import Location, MixtureError
 MANIFEST = "manifest.json"
 STATS = "stats.json"
 CARD = "README.md"
+LOCO_INDEX = "loco.json"  # a leave-one-cluster-out root: one mixture folder per held-out cluster
 FORMAT_VERSION = 1
 SPLITS = ("train", "eval")
 
@@ -74,6 +75,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def loco_mixtures(root: str | Path) -> dict[str, Path]:
+    """The mixtures of a leave-one-cluster-out root, {held-out cluster: folder}; empty when
+    ``root`` is not one (its ``loco.json`` index is written last, like a manifest)."""
+    root = Path(root)
+    index = root / LOCO_INDEX
+    if not index.is_file():
+        return {}
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        return {c: root / info["path"] for c, info in data["mixtures"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MixtureError(
+            f"unreadable leave-one-cluster-out index: {exc}", location=Location(file=str(index))
+        ) from exc
+
+
 @dataclass
 class Mixture:
     """A published mixture directory, opened through its manifest."""
@@ -88,6 +105,16 @@ class Mixture:
         if not path.is_dir():
             raise MixtureError(
                 f"no such mixture directory: {path}", location=Location(file=str(path))
+            )
+        if not mpath.exists() and (path / LOCO_INDEX).is_file():
+            names = list(loco_mixtures(path))
+            shown = ", ".join(str(path / c) for c in names[:3]) + (
+                ", ..." if len(names) > 3 else ""
+            )
+            raise MixtureError(
+                f"a leave-one-cluster-out root holding {len(names)} mixtures, not one mixture",
+                location=Location(file=str(path)),
+                hint=f"give one of them ({shown}); inspect and verify also take the root",
             )
         if not mpath.exists():
             raise MixtureError(

@@ -372,6 +372,7 @@ def _compile_loco_into(tmp, spec, clusters, catalog, workers, offline, base, spe
         "name": spec.name,
         "mixtures": {},
     }
+    manifests = {}
     for c in clusters:
         sub = spec.model_copy(
             update={
@@ -383,7 +384,7 @@ def _compile_loco_into(tmp, spec, clusters, catalog, workers, offline, base, spe
         )
         if log:
             log(f"== holding out {c}")
-        m = _compile_one(
+        m = manifests[c] = _compile_one(
             sub, tmp / c, catalog, workers, offline, True, base, spec_file, log, None, None
         )
         index["mixtures"][c] = {
@@ -391,6 +392,9 @@ def _compile_loco_into(tmp, spec, clusters, catalog, workers, offline, base, spe
             "train_rows": m["splits"]["train"]["rows"],
             "eval_rows": m["splits"].get("eval", {}).get("rows", 0),
         }
+    from .card import loco_card  # one datasets config per held-out cluster, no default
+
+    (tmp / CARD).write_text(loco_card(index, manifests), encoding="utf-8")
     (tmp / "loco.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return index
 

@@ -68,3 +68,44 @@ def test_recompile_overwrite_then_load_gives_the_new_rows(tmp_path, catalog):
     second = _load(out, tmp_path)["train"]["example_id"]
     assert second != first
     assert second == [r["example_id"] for r in Mixture.open(out).iter_rows("train")]
+
+
+def test_leave_one_cluster_out_root(tmp_path, catalog, capsys):
+    """One datasets config per held-out cluster, no default; inspect and verify cover every
+    mixture; export and train name the mixtures to pick from."""
+    import datasets
+
+    from flanmix.cli import main
+    from flanmix.errors import FlanmixError
+
+    root = tmp_path / "loco"
+    spec = make_spec(
+        holdout={"leave_one_cluster_out": True, "on_overlap": "allow"},
+        clusters=["nli", "sentiment", "qa"],
+    )
+    compile_mixture(spec, root, catalog=catalog, workers=1, offline=True, base_dir=tmp_path)
+    for cluster in ("nli", "sentiment", "qa"):
+        ds = _load(root, tmp_path, cluster)
+        mix = Mixture.open(root / cluster)
+        for split in ("train", "eval"):
+            assert ds[split]["example_id"] == [r["example_id"] for r in mix.iter_rows(split)]
+        assert set(ds["eval"]["cluster"]) == {cluster}
+        assert cluster not in set(ds["train"]["cluster"])
+    with pytest.raises(ValueError, match="Config name is missing"):  # never all mixtures merged
+        _load(root, tmp_path)
+
+    assert main(["verify", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("OK (") == 3 and "3 of 3 mixtures OK" in out
+    assert main(["inspect", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"held out: {c}" in out for c in ("nli", "sentiment", "qa"))
+    next((root / "sentiment").glob("train-*.parquet")).write_bytes(b"changed")
+    assert main(["verify", str(root)]) == 1
+    assert f"failed: {root / 'sentiment'}" in capsys.readouterr().out
+
+    with pytest.raises(FlanmixError, match="leave-one-cluster-out root holding 3 mixtures") as err:
+        Mixture.open(root)
+    assert str(root / "nli") in str(err.value) and "manifest.json is missing" not in str(err.value)
+    assert main(["export", str(root), "-o", str(tmp_path / "x")]) == 2
+    assert "leave-one-cluster-out root" in capsys.readouterr().err
