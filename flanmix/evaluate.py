@@ -37,13 +37,11 @@ from .errors import FlanmixError, Location
 from .mixture import Mixture
 from .models import (
     Loaded,
-    continuation_logprobs,
-    encode_continuation,
     encode_prompt,
     load_model,
     padded,
-    truncate_pair,
 )
+from .rank import encode_rows, option_logprobs
 
 GENERATION_METRICS = ("exact_match", "rouge_l", "bleu")
 METRIC_ALIASES = {
@@ -130,45 +128,25 @@ def _device(name: str) -> torch.device:
 def rank_classify(
     loaded: Loaded, rows: list[dict], cfg: EvalConfig, bar=None
 ) -> list[dict[str, Any]]:
-    """Per row: the options' summed log-likelihoods (``scores``), the prediction by sum (``pred``)
-    and by per-token mean (``pred_norm``)."""
-    tok, kind, device = loaded.tokenizer, loaded.kind, next(loaded.model.parameters()).device
-    items = []  # (row, option, prompt ids, option ids)
-    for r, row in enumerate(rows):
-        prompt = encode_prompt(tok, row["inputs"], kind, cfg.chat_template)
-        options = [encode_continuation(tok, option, kind, eos=False) for option in row["options"]]
-        if (
-            kind == "causal"
-        ):  # one prompt for all options, cut against the longest, so scores compare
-            longest = max(options, key=len)
-            prompt = truncate_pair(prompt, longest, cfg.seq_len)[0]
-            options = [truncate_pair(prompt, cont, cfg.seq_len)[1] for cont in options]
-        else:
-            prompt = prompt[: cfg.seq_len]
-        for o, cont in enumerate(options):
-            items.append((r, o, prompt, cont))
-    items.sort(
-        key=lambda it: len(it[2]) + len(it[3]), reverse=True
-    )  # similar lengths share a batch
-    sums = [[0.0] * len(row["options"]) for row in rows]
-    means = [[0.0] * len(row["options"]) for row in rows]
-    for b in range(0, len(items), cfg.batch_size):
-        chunk = items[b : b + cfg.batch_size]
-        logp, counts = continuation_logprobs(
-            loaded.model, kind, [(p, c) for _, _, p, c in chunk], tok.pad_token_id, device
+    """Per row: the options' log-likelihoods (``scores``: separator and option given the inputs,
+    lm-evaluation-harness's number; see ``flanmix.rank``, which runs each prompt once for all its
+    options), the prediction by sum (``pred``) and by log-likelihood per character of the option
+    (``pred_norm``, the harness's acc_norm)."""
+    tok, kind = loaded.tokenizer, loaded.kind
+    encoded = encode_rows(tok, kind, rows, cfg.seq_len, cfg.chat_template)
+    scored = option_logprobs(loaded.model, kind, encoded, tok.pad_token_id, cfg.batch_size, bar)
+    out = []
+    for row, per_option in zip(rows, scored, strict=True):
+        s = [lp for lp, _ in per_option]
+        norm = [lp / max(1, len(option)) for lp, option in zip(s, row["options"], strict=True)]
+        out.append(
+            {
+                "scores": s,
+                "pred": max(range(len(s)), key=s.__getitem__),
+                "pred_norm": max(range(len(norm)), key=norm.__getitem__),
+            }
         )
-        for (r, o, _, _), lp, n in zip(chunk, logp, counts, strict=False):
-            sums[r][o], means[r][o] = lp, lp / max(1, n)
-        if bar is not None:
-            bar.update(len(chunk))
-    return [
-        {
-            "scores": s,
-            "pred": max(range(len(s)), key=s.__getitem__),
-            "pred_norm": max(range(len(m)), key=m.__getitem__),
-        }
-        for s, m in zip(sums, means, strict=False)
-    ]
+    return out
 
 
 @torch.no_grad()

@@ -265,7 +265,7 @@ PLAIN_HEAD_MODEL_TYPES = frozenset(
 PACKING_MODEL_TYPES = frozenset({"llama", "gpt2", "gpt_neox", "qwen2", "phi"})
 
 
-def _plain_head(model) -> bool:
+def plain_head(model) -> bool:
     """True when logits are exactly ``output_embeddings(last_hidden_state)``: an allow-list of
     architectures, since a missed scaling or softcap would silently change losses and scores."""
     cfg = model.config
@@ -291,7 +291,7 @@ def target_logits(model, kind: str, inputs: dict[str, torch.Tensor], labels: tor
             **inputs, decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels)
         ).logits
         targets = labels
-    elif _plain_head(model):
+    elif plain_head(model):
         hidden = model.base_model(**inputs, use_cache=False).last_hidden_state[:, :-1]
         targets = labels[:, 1:]
         keep = targets != -100

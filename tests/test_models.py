@@ -116,9 +116,9 @@ def test_output_head_shortcut_only_for_plain_heads():
     """Models that scale or softcap their logits take the full forward (else losses would be off)."""
     from transformers import GraniteConfig, GraniteForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from flanmix.models import _plain_head
+    from flanmix.models import plain_head
 
     shape = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                  num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
-    assert _plain_head(LlamaForCausalLM(LlamaConfig(**shape)))
-    assert not _plain_head(GraniteForCausalLM(GraniteConfig(**shape, logits_scaling=8.0)))
+    assert plain_head(LlamaForCausalLM(LlamaConfig(**shape)))
+    assert not plain_head(GraniteForCausalLM(GraniteConfig(**shape, logits_scaling=8.0)))
