@@ -232,22 +232,10 @@ class _TaskLinter:
     # -- templates, statically
 
     def check_templates(self) -> list:
-        task, tf = self.task, self.tf
+        task = self.task
         declared = set(task.fields)
-        first_seen: dict[str, int] = {}
         compiled = []
-        for index, template in enumerate(task.templates):
-            line = tf.lines.line(("templates", index, "id"))
-            if template.id in first_seen:
-                self.add(
-                    "error",
-                    "duplicate-template-id",
-                    Location(tf.lines.file, line, task.id, template.id, "id"),
-                    f"template id {template.id!r} is used twice (first at line {first_seen[template.id]})",
-                    "template ids must be unique within a task; rename one",
-                )
-                continue
-            first_seen[template.id] = line
+        for index, template in enumerate(task.templates):  # ids are unique (schema.Task)
             ok = True
             for part in ("input", "target"):
                 if not getattr(template, part).strip():
@@ -762,6 +750,28 @@ def _lint_clusters(
                     tf.location("cluster"),
                     f"task {tid!r} says cluster {own!r}, but {cpath.name} does not list it there",
                     f"add {tid} to clusters.{own}.tasks in {cpath}",
+                )
+            )
+    # related groups and built_from name tasks: each must exist (when the whole library is linted)
+    named = [
+        (("related", gi, "tasks", i), t)
+        for gi, g in enumerate(cf.related)
+        for i, t in enumerate(g.tasks)
+    ]
+    for t, origins in cf.built_from.items():
+        named.append((("built_from", t), t))
+        named += [(("built_from", t, i), o) for i, o in enumerate(origins)]
+    for path, name in named if whole else []:
+        if name not in tasks:
+            out.append(
+                Finding.at(
+                    "error",
+                    "clusters-unknown-task",
+                    Location(
+                        file=lines.file, line=lines.line(path), field=".".join(map(str, path[:2]))
+                    ),
+                    f"{path[0]} names unknown task {name!r}",
+                    did_you_mean(name, tasks) or "use a task defined in the library",
                 )
             )
     group_members: list[set[str]] = []

@@ -15,6 +15,7 @@ A missing local file or a dataset that fails to load for any reason other than t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,14 @@ import pyarrow as pa
 
 from .errors import Location, SourceError
 from .schema import Task
+
+_SLICE = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
+
+
+def base_split(split: str) -> str:
+    """The split a sliced split name reads: ``validation[:-200]`` -> ``validation``."""
+    part = _SLICE.match(split)
+    return part["name"] if part else split
 
 
 @dataclass
@@ -37,6 +46,7 @@ class SourceHandle:
     num_rows: int
     files: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] | None = None  # samples only
+    start: int = 0  # a sliced split ("validation[:-200]"): its first row in the files
 
     @property
     def is_samples(self) -> bool:
@@ -107,6 +117,22 @@ def resolve_source(
     split = getattr(task.source.splits, role)
     if split is None:
         return None
+    part = _SLICE.match(split)
+    if part:  # "validation[:-200]": rows of one split (FLAN trains story_cloze on these)
+        splits = task.source.splits.model_copy(update={role: part["name"]})
+        whole = task.model_copy(
+            update={"source": task.source.model_copy(update={"splits": splits})}
+        )
+        handle = resolve_source(whole, role, base_dir=base_dir, hub=hub, local_dir=local_dir)
+        if handle is None or handle.is_samples:  # samples stand for every split
+            return handle
+        to_int = lambda v: int(v) if v else None  # noqa: E731
+        start, stop, _ = slice(to_int(part["start"]), to_int(part["stop"])).indices(handle.num_rows)
+        handle.start += start
+        handle.num_rows = max(0, stop - start)
+        handle.split = split
+        handle.description += f"[{part['start']}:{part['stop']}]"
+        return handle
     loc = Location(task=task.id, field=f"source.splits.{role}")
     if local_dir is not None:
         return _from_folder(task, split, local_dir, loc)
@@ -254,6 +280,8 @@ class SourceReader:
         h = self.handle
         if h.kind == "samples":
             return [h.rows[i] for i in indices.tolist()]
+        if h.start:
+            indices = indices + h.start
         if self._table is not None:
             return self._table.take(pa.array(indices)).to_pylist()
         out: list[dict[str, Any]] = []

@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 from .errors import Location, PreflightError, SourceError, did_you_mean
 from .schema import FieldSpec, HubSource, Task
+from .sources import base_split
 
 HUB_ROOT_ENV = "FLANMIX_HUB_ROOT"
 ROLES = ("train", "eval")
@@ -133,6 +134,8 @@ def describe(task: Task) -> str:
     """The source as people read it: ``hub:owner/name[/config]@revision [data_dir=...]``."""
     if task.source.local is not None:
         return f"local:{task.source.local.format}"
+    if task.source.niv2 is not None:
+        return f"niv2:{task.source.niv2.file}"
     hf = task.source.hf
     text = f"hub:{hf.path}" + (f"/{hf.name}" if hf.name else "") + f"@{hf.revision or 'main'}"
     return text + (f" data_dir={hf.data_dir}" if hf.data_dir else "")
@@ -187,7 +190,7 @@ class _Probe:
 
     def local_files(self, files: dict[str, list[Path]], fmt_of, where: tuple) -> None:
         for role in self.roles:
-            split = getattr(self.task.source.splits, role)
+            split = base_split(getattr(self.task.source.splits, role))
             paths = files.get(split)
             if not paths:
                 self.problem(
@@ -399,7 +402,7 @@ class _Probe:
             available = {str(k): [] for k in b.info.splits}
         first_file = None
         for role in self.roles:
-            split = getattr(self.task.source.splits, role)
+            split = base_split(getattr(self.task.source.splits, role))
             if split in available:
                 n = len(available[split])
                 self.check(f"split {role}", "ok", f"{split}" + (f" ({n} file(s))" if n else ""))
@@ -630,7 +633,7 @@ def local_source_files(task: Task, base_dir: Path) -> dict[str, list[Path]]:
 def _folder_files(task: Task, folder: Path) -> dict[str, list[Path]]:
     """What compile reads from a spec's ``sources`` folder: ``<split>.parquet|.jsonl|.json|.csv``."""
     out = {}
-    for split in {task.source.splits.train, task.source.splits.eval} - {None}:
+    for split in {base_split(s) for s in (task.source.splits.train, task.source.splits.eval) if s}:
         found = [folder / f"{split}{ext}" for ext in (".parquet", ".jsonl", ".json", ".csv")]
         existing = [p for p in found if p.is_file()]
         out[split] = existing[:1] or [folder / f"{split}.parquet"]
@@ -658,6 +661,11 @@ def check_task(
         probe.local_files(
             local_source_files(task, tf.path.parent), lambda p: kind, ("source", "local", "files")
         )
+    elif task.source.niv2 is not None:  # an NIv2 task file (flanmix.niv2): is it there?
+        given = Path(task.source.niv2.file)
+        path = given if given.is_absolute() else tf.path.parent / given
+        splits = {base_split(s) for s in (task.source.splits.train, task.source.splits.eval) if s}
+        probe.local_files({s: [path] for s in splits}, lambda p: "json", ("source", "niv2", "file"))
     else:
         probe.hub()
     return probe.report
