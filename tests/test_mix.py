@@ -17,8 +17,8 @@ import pytest
 from flanmix.catalog import load_catalog
 from flanmix.errors import CompileError, SpecError
 from flanmix.mix import options_block, plan_mixture, resolve_holdout
-from flanmix.sampling import VARIED_HEADERS, VARIED_MARKERS
 from flanmix.mixture import Mixture
+from flanmix.sampling import VARIED_HEADERS, VARIED_MARKERS
 from flanmix.spec import spec_from_mapping
 from flanmix.write import compile_mixture
 
