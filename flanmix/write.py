@@ -589,6 +589,14 @@ def composition_report(mixture_dir: str | Path) -> str:
             lines.append("  dropped:")
             for reason, n in sorted(m["dropped"][split].items(), key=lambda kv: -kv[1]):
                 lines.append(f"    {reason:<50} {n:>9}")
+        fallback = m.get("few_shot_fallback", {}).get(split)
+        if fallback:  # few-shot asked, no exemplar fit max_length
+            lines.append(
+                f"  few-shot examples written zero-shot (no exemplar fits max_length): "
+                f"{sum(fallback.values())} ("
+                + ", ".join(f"{t} {n}" for t, n in sorted(fallback.items(), key=lambda kv: -kv[1]))
+                + ")"
+            )
     lines.append("")
     kinds = Counter(info["source"] for info in m["tasks"].values())
     if len(kinds) == 1:
