@@ -162,7 +162,8 @@ class _Probe:
         self.report = TaskReport(self.task.id, str(tf.path), describe(self.task))
 
     def at(self, *keys: Any) -> Location:
-        return self.tf.location(*keys)
+        loc = self.tf.location(*keys)
+        return loc.with_(file=_rel(loc.file))
 
     def check(self, name: str, status: str, detail: str) -> None:
         self.report.checks.append((name, status, detail))
@@ -202,7 +203,7 @@ class _Probe:
                     check=f"split {role}",
                 )
                 continue
-            missing = [str(p) for p in paths if not p.is_file()]
+            missing = [_rel(str(p)) for p in paths if not p.is_file()]
             if missing:
                 from .source_build import build_hint
 
