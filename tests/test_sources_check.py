@@ -26,7 +26,9 @@ from flanmix.mix import plan_mixture, spec_source_uses
 from flanmix.repo_fixture import write_fixture_local, write_fixture_repo
 from flanmix.sources_check import (
     HUB_ROOT_ENV,
+    _Probe,
     check_task,
+    check_tasks,
     format_reports,
     local_repo,
 )
@@ -245,6 +247,50 @@ def test_check_a_spec_covers_its_tasks_in_their_roles(lib, hub, tmp_path, capsys
     spec_obj, _ = load_spec(path)
     uses = spec_source_uses(spec_obj, load_catalog(lib), str(path))
     assert uses == {"senti": {"train"}, "trivia": {"eval"}}
+
+
+def _raiser(exc):
+    def list_top(self, hf):
+        raise exc
+
+    return list_top
+
+
+@pytest.mark.parametrize(
+    "name, kind, hint",
+    [
+        ("GatedRepoError", "gated", "accept its conditions"),
+        ("RevisionNotFoundError", "revision", "source.hf.revision"),
+        ("RepositoryNotFoundError", "repository", "source.hf.path"),
+    ],
+)
+def test_hub_refusals_are_classified(lib, monkeypatch, name, kind, hint):
+    import huggingface_hub.errors
+
+    cls = getattr(huggingface_hub.errors, name)
+    exc = cls.__new__(cls)  # as the hub answers (the HTTP response itself is not needed here)
+    Exception.__init__(exc, "refused")
+    monkeypatch.setattr(_Probe, "list_top", _raiser(exc))
+    (p,) = report(lib, None).errors  # fixture/senti is no folder: the hub is asked
+    assert p.kind == kind and hint in p.hint
+
+
+def test_a_hub_outage_is_probed_once_then_every_task_is_offline(lib, monkeypatch):
+    from huggingface_hub import constants
+
+    calls = []
+
+    def down(self, hf):
+        calls.append(hf.path)
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(_Probe, "list_top", down)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    catalog = load_catalog(lib)
+    items = [(catalog.task_file(t), {"train", "eval"}, None) for t in sorted(catalog.tasks)]
+    reports = check_tasks(items)
+    assert len(calls) == 1 and all(kinds(r) == ["offline"] for r in reports)
+    assert "--offline" in reports[0].errors[0].hint
 
 
 # ----------------------------------------------------------------------------- pre-flight
