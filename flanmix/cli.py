@@ -572,6 +572,7 @@ def _add_import(sub) -> None:
     )
     ps.add_argument("--overwrite", action="store_true", help="replace task files that exist")
     ps.set_defaults(func=_run_import_promptsource)
+    _add_import_niv2(fmt)
 
 
 def _run_import_promptsource(args) -> int:
@@ -611,6 +612,77 @@ def _run_import_promptsource(args) -> int:
             "then run 'flanmix lint'"
         )
     return 0 if report.imported and not report.unreadable else 1
+
+
+def _add_import_niv2(fmt) -> None:
+    ni = fmt.add_parser(
+        "natural-instructions",
+        help="Super-NaturalInstructions task .json files -> a catalog folder of flanmix tasks",
+    )
+    ni.add_argument(
+        "paths", type=Path, nargs="+", help="the repository's tasks/ folder, or task .json files"
+    )
+    ni.add_argument(
+        "-o", "--out", type=Path, required=True, help="catalog folder to write (published whole)"
+    )
+    ni.add_argument(
+        "--splits",
+        type=Path,
+        default=None,
+        help="folder with train_tasks.txt, test_tasks.txt, excluded_tasks.txt "
+        "(default: splits/default beside tasks/)",
+    )
+    ni.add_argument(
+        "--categories", type=Path, default=None, help="category -> cluster table (YAML)"
+    )
+    ni.add_argument(
+        "--excluded", type=Path, default=None, help="excluded tasks (YAML; default: FLAN v2's)"
+    )
+    ni.add_argument(
+        "--all-languages",
+        action="store_true",
+        help="keep non-English tasks (default: English only)",
+    )
+    ni.add_argument("--samples", type=int, default=5, help="sample rows per task file (default 5)")
+    ni.add_argument("--overwrite", action="store_true", help="replace an earlier import at OUT")
+    ni.set_defaults(func=_run_import_niv2)
+
+
+def _run_import_niv2(args) -> int:
+    import time
+
+    from .niv2 import import_natural_instructions
+
+    start = time.perf_counter()
+    report = import_natural_instructions(
+        args.paths,
+        args.out,
+        splits=args.splits,
+        categories=args.categories,
+        excluded=args.excluded,
+        all_languages=args.all_languages,
+        samples=args.samples,
+        overwrite=args.overwrite,
+    )
+    s = report.summary()
+    print(
+        f"{s['files']} task file(s): {s['imported']} imported into {args.out} "
+        f"({s['clusters']} clusters, {s['instances']} instances) in {time.perf_counter() - start:.1f}s"
+    )
+    print(
+        "  split: "
+        + ", ".join(f"{k} {v}" for k, v in s["splits"].items())
+        + (f" (from {report.splits_dir})" if report.splits_dir else " (no splits/default found)")
+    )
+    for reason, n in s["skipped"].items():
+        print(f"  not imported ({reason}): {n}")
+    for cluster, tasks in report.mixed_clusters.items():
+        print(
+            f"  warning: cluster {cluster} mixes test-split tasks ({', '.join(tasks)}) with "
+            "training tasks: holding it out holds out both",
+            file=sys.stderr,
+        )
+    return 0 if report.tasks else 1
 
 
 # ----------------------------------------------------------------------------- sources

@@ -156,6 +156,18 @@ class LocalSource(_Model):
     files: dict[str, str | list[str]] = Field(description="split name -> file path(s)")
 
 
+class NIv2Source(_Model):
+    """A Super-NaturalInstructions task file, streamed (see :mod:`flanmix.niv2`).
+
+    Relative paths are relative to the task file. ``instances`` and ``bytes`` are recorded by the
+    import: while the file keeps that size its instances are not counted again.
+    """
+
+    file: str = Field(min_length=1, description="the NIv2 task .json file")
+    instances: int | None = Field(default=None, ge=0)
+    bytes: int | None = Field(default=None, ge=0)
+
+
 class RowFilter(_Model):
     """Skip rows for which the Jinja expression ``skip_if`` is true; counted under ``reason``."""
 
@@ -177,10 +189,11 @@ class Splits(_Model):
 
 
 class Source(_Model):
-    """Where a task's rows come from: exactly one of ``hf`` or ``local``."""
+    """Where a task's rows come from: exactly one of ``hf``, ``local`` or ``niv2``."""
 
     hf: HubSource | None = None
     local: LocalSource | None = None
+    niv2: NIv2Source | None = None
     splits: Splits = Splits()
     rename: dict[str, str] = Field(default_factory=dict, description="source column -> field name")
     filters: list[RowFilter] = Field(default_factory=list)
@@ -195,8 +208,11 @@ class Source(_Model):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:
-        if (self.hf is None) == (self.local is None):
-            raise ValueError("give exactly one of 'hf' (a hub dataset) or 'local' (files)")
+        if sum(x is not None for x in (self.hf, self.local, self.niv2)) != 1:
+            raise ValueError(
+                "give exactly one of 'hf' (a hub dataset), 'local' (files) or 'niv2' (an NIv2 "
+                "task file)"
+            )
         return self
 
 

@@ -41,7 +41,7 @@ class SourceHandle:
 
     task: str
     split: str  # the source split name (e.g. "train", "validation", or "samples")
-    kind: str  # "samples" | "parquet" | "arrow"
+    kind: str  # "samples" | "parquet" | "arrow" | "niv2"
     description: str  # shown to people: hub:nyu-mll/glue/rte@train, local:..., samples (offline)
     num_rows: int
     files: list[str] = field(default_factory=list)
@@ -136,6 +136,8 @@ def resolve_source(
     loc = Location(task=task.id, field=f"source.splits.{role}")
     if local_dir is not None:
         return _from_folder(task, split, local_dir, loc)
+    if task.source.niv2 is not None:  # a file on disk, read even offline (no network needed)
+        return _from_niv2(task, split, base_dir, loc)
     if hub.offline:  # the task's own source (hub or local files) is replaced by its samples
         return _samples(task, "samples", "offline")
     if task.source.local is not None:
@@ -171,6 +173,35 @@ def resolve_source(
     files, n = _arrow_files(ds, task, what)
     return SourceHandle(
         task=task.id, split=split, kind="arrow", description=what, num_rows=n, files=files
+    )
+
+
+def _from_niv2(task: Task, split: str, base_dir: Path, loc: Location) -> SourceHandle:
+    """An NIv2 task file: its instance count is the import's while the file keeps its size."""
+    from .niv2 import NIv2Error, count_instances
+
+    src = task.source.niv2
+    path = (Path(src.file) if Path(src.file).is_absolute() else base_dir / src.file).resolve()
+    if not path.is_file():
+        raise SourceError(
+            f"NIv2 task file not found: {path}",
+            location=loc.with_(field="source.niv2.file"),
+            hint="import again with 'flanmix import natural-instructions' from the repository's "
+            "tasks/ folder, or fix the path (relative to the task file)",
+        )
+    n = src.instances
+    if n is None or src.bytes != path.stat().st_size:
+        try:
+            n = count_instances(path)
+        except NIv2Error as exc:
+            raise SourceError(exc.message, location=exc.location, hint=exc.hint) from exc
+    return SourceHandle(
+        task=task.id,
+        split=split,
+        kind="niv2",
+        description=f"niv2:{path}",
+        num_rows=n,
+        files=[str(path)],
     )
 
 
@@ -280,6 +311,10 @@ class SourceReader:
         h = self.handle
         if h.kind == "samples":
             return [h.rows[i] for i in indices.tolist()]
+        if h.kind == "niv2":
+            from .niv2 import read_rows
+
+            return read_rows(h.files[0], indices.tolist())
         if h.start:
             indices = indices + h.start
         if self._table is not None:
