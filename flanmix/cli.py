@@ -66,12 +66,12 @@ def _run_lint(args) -> int:
         min_samples=args.min_samples,
     )
     report = lint_paths(paths, clusters=args.clusters, options=options)
+    report.strict = args.strict
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
         print(format_text(report))
-    failed = not report.ok or (args.strict and report.count("warning") > 0)
-    return 1 if failed else 0
+    return 0 if report.ok else 1
 
 
 # ----------------------------------------------------------------------------- list / preview

@@ -93,13 +93,14 @@ class LintReport:
     templates: int = 0
     renders: int = 0
     seconds: float = 0.0
+    strict: bool = False  # warnings fail the lint too (--strict)
 
     def count(self, severity: str) -> int:
         return sum(f.severity == severity for f in self.findings)
 
     @property
     def ok(self) -> bool:
-        return self.count("error") == 0
+        return self.count("error") == 0 and not (self.strict and self.count("warning"))
 
     def sorted(self) -> list[Finding]:
         order = {s: i for i, s in enumerate(SEVERITIES)}
@@ -117,6 +118,7 @@ class LintReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "strict": self.strict,
             "summary": {
                 "files": self.files,
                 "tasks": self.tasks,
@@ -393,6 +395,7 @@ class _TaskLinter:
         for index, ct in compiled:
             template = ct.template
             rendered = 0
+            failed = False  # a render error is reported as such, not as "renders on no row"
             skips: Counter[str] = Counter()
             for i, row in rows:
                 if isinstance(row, Skip):
@@ -412,6 +415,7 @@ class _TaskLinter:
                         f"fails on sample row {i}: {exc.message}",
                         exc.hint,
                     )
+                    failed = True
                     break
                 if isinstance(result, Skip):
                     if result.reason in ("empty input", "empty target"):
@@ -446,7 +450,7 @@ class _TaskLinter:
                         f"on sample row {i} the input contains the target verbatim ({result.target[:50]!r}...)",
                         "the model could copy the answer; leave the target's text out of the input",
                     )
-            if rendered == 0 and rows:
+            if rendered == 0 and rows and not failed:
                 reasons = "; ".join(f"{r} x{n}" for r, n in skips.most_common()) or "no rows"
                 self.add(
                     "warning",
@@ -820,5 +824,8 @@ def _lint_clusters(
 
 def format_text(report: LintReport) -> str:
     lines = [str(f) for f in report.sorted()]
-    lines.append(("OK: " if report.ok else "FAILED: ") + report.summary())
+    verdict = "OK: " if report.ok else "FAILED: "
+    if not report.ok and report.strict and not report.count("error"):
+        verdict = "FAILED (--strict: warnings fail): "
+    lines.append(verdict + report.summary())
     return "\n".join(lines)

@@ -125,7 +125,7 @@ def check_out(
                 hint="choose a new folder; flanmix never deletes files it did not write",
             )
         if not overwrite and not exists_ok and kind != "empty":
-            raise error(f"{given} exists", location=loc, hint="pass --overwrite to replace it")
+            raise error("already exists", location=loc, hint="pass --overwrite to replace it")
     ensure_parent(out, given, error)
     return out
 

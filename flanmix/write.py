@@ -348,7 +348,7 @@ def _compile_loco(spec, out, catalog, workers, offline, overwrite, base, spec_fi
         )
     if out.exists() and not overwrite:
         raise CompileError(
-            f"{out} exists", location=Location(file=str(out)), hint="pass --overwrite to replace it"
+            "already exists", location=Location(file=str(out)), hint="pass --overwrite to replace it"
         )
     # every mixture is built inside one temporary folder, published whole with loco.json last
     tmp = tmp_dir_for(out)
@@ -407,7 +407,7 @@ def _compile_one(
     clean_stale(out)
     if out.exists() and not overwrite:
         raise CompileError(
-            f"{out} exists", location=Location(file=str(out)), hint="pass --overwrite to replace it"
+            "already exists", location=Location(file=str(out)), hint="pass --overwrite to replace it"
         )
     plan = plan_mixture(  # checks every source first (pre-flight): nothing is written on failure
         spec, catalog, base_dir=base, offline=offline, spec_file=spec_file, holdout_override=holdout

@@ -140,7 +140,19 @@ def test_strict_fails_on_warnings(capsys):
     near = FIXTURES / "lint" / "broken" / "near_duplicate.yaml"
     args = ["lint", str(near), "--min-templates", "1", "--min-inverted", "0", "--min-samples", "1"]
     assert main(args) == 0
+    assert "OK: " in capsys.readouterr().out
     assert main(args + ["--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED (--strict: warnings fail): " in out and "OK" not in out
+    assert main(args + ["--strict", "--format", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["strict"] is True
+
+
+def test_render_error_is_not_also_reported_as_rendering_on_no_row():
+    report = lint_paths([FIXTURES / "lint" / "broken" / "render_type_error.yaml"], options=QUIET)
+    codes = [f.code for f in report.findings]
+    assert "render-error" in codes and "renders-on-no-sample" not in codes
 
 
 def test_lint_scales_to_a_hundred_tasks(tmp_path):
