@@ -7,11 +7,29 @@ Heavy imports (datasets, torch) happen inside the command functions, so ``flanmi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 from . import __version__
 from .errors import FlanmixError
+
+#: Import names of the ``[train]`` extra: without them, train/evaluate/demo say how to install it.
+TRAIN_EXTRA = {"torch", "transformers", "accelerate", "gguf", "rouge_score", "sacrebleu", "tqdm"}
+
+
+@contextlib.contextmanager
+def _needs_train_extra(command: str):
+    """Turn a missing package of the ``[train]`` extra into a one-line error."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise
+        raise FlanmixError(
+            f"'flanmix {command}' needs the [train] extra ({exc.name} is not installed)",
+            hint="pip install 'flanmix[train]'",
+        ) from None
 
 
 def _catalog(args):
@@ -237,7 +255,8 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from .train import load_config, train
+    with _needs_train_extra("train"):
+        from .train import load_config, train
 
     cfg = load_config(
         args.config,
@@ -297,7 +316,8 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from .evaluate import EvalConfig, evaluate
+    with _needs_train_extra("evaluate"):
+        from .evaluate import EvalConfig, evaluate
 
     cfg = EvalConfig(
         batch_size=args.batch_size,
@@ -336,7 +356,11 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from .demo import run_demo
+    with _needs_train_extra("demo"):  # before the lint and compile steps, not after them
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        from .demo import run_demo
 
     run_demo(args.out, steps=args.steps, spec=args.spec, progress=not args.no_progress)
     return 0
