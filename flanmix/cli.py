@@ -46,7 +46,9 @@ def _add_lint(sub) -> None:
     p.add_argument(
         "paths", nargs="*", type=Path, help="task files or folders (default: task_templates/)"
     )
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--format", choices=("text", "json"), default="text", help="report format (default text)"
+    )
     p.add_argument(
         "--clusters",
         type=Path,
@@ -160,8 +162,15 @@ def _add_preview(sub) -> None:
     p.add_argument("task", help="task id, e.g. rte")
     p.add_argument("--template", default=None, help="only this template id")
     p.add_argument("--n", type=int, default=3, help="number of sample rows (default 3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--root", type=Path, default=None)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of choice()/shuffle() in templates (default 0)"
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="folder holding task_templates/ and clusters.yaml (default: the bundled library)",
+    )
     p.set_defaults(func=_run_preview)
 
 
@@ -223,10 +232,17 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--model", default=None, help="tiny (default) | smollm2 | file.gguf | local dir | hub id"
     )
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seq-len", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default 50)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="sequences per micro-batch (default 8)"
+    )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per sequence, longer pairs cut (default 256)",
+    )
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
     p.add_argument(
         "--packing", action="store_true", default=None, help="pack several examples per row"
     )
@@ -304,7 +320,7 @@ def _add_evaluate(sub) -> None:
         default=Path("runs/eval"),
         help="results folder (default runs/eval)",
     )
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument("--max-examples", type=int, default=0, help="rows per template (0: all)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=512)
@@ -351,7 +367,7 @@ def _add_demo(sub) -> None:
     p.add_argument(
         "--spec", type=Path, default=None, help="mixture spec (default mixtures/small_offline.yaml)"
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_demo)
 
 
@@ -439,7 +455,9 @@ def _run_compile(args) -> int:
 
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="show a compiled mixture's composition")
-    p.add_argument("mixture", type=Path)
+    p.add_argument(
+        "mixture", type=Path, help="compiled mixture directory (or a leave-one-cluster-out root)"
+    )
     p.add_argument("--plot", type=Path, default=None, help="also save a bar chart (PNG) here")
     p.set_defaults(func=_run_inspect)
 
@@ -466,7 +484,9 @@ def _run_inspect(args) -> int:
 
 def _add_verify(sub) -> None:
     p = sub.add_parser("verify", help="re-hash every shard of a mixture against its manifest")
-    p.add_argument("mixture", type=Path)
+    p.add_argument(
+        "mixture", type=Path, help="compiled mixture directory (or a leave-one-cluster-out root)"
+    )
     p.set_defaults(func=_run_verify)
 
 
@@ -501,7 +521,7 @@ def _verify_one(path: Path) -> int:
 
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write trainer-ready files (TRL formats) from a mixture")
-    p.add_argument("mixture", type=Path)
+    p.add_argument("mixture", type=Path, help="compiled mixture directory")
     p.add_argument(
         "--format",
         dest="fmt",
@@ -523,7 +543,9 @@ def _add_export(sub) -> None:
         default="\n",
         help="appended to the prompt (prompt-completion) or between input and target (text); default a newline",
     )
-    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument(
+        "-o", "--out", type=Path, required=True, help="export folder (published when complete)"
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="replace OUT if it is an export flanmix made"
     )
@@ -731,7 +753,9 @@ def _add_sources_check(actions) -> None:
         "task).",
     )
     p.add_argument("targets", nargs="*", help="a mixture spec (.yaml) or task ids (default: all)")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--format", choices=("text", "json"), default="text", help="report format (default text)"
+    )
     p.add_argument(
         "--hub-root",
         type=Path,

@@ -35,3 +35,22 @@ def test_existing_output_is_named_once(tmp_path, capsys):
     assert main(["compile", str(spec), "-o", str(out), "--offline"]) == 2
     err = capsys.readouterr().err
     assert err.count(str(out)) == 1 and "already exists" in err and "--overwrite" in err
+
+
+def _options_without_help(parser, name=""):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            continue
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _options_without_help(sub, f"{name} {sub_name}".strip())
+        elif not action.help:
+            yield f"flanmix {name} {'/'.join(action.option_strings) or action.dest}"
+
+
+def test_every_command_option_and_argument_has_help():
+    from flanmix.cli import build_parser
+
+    assert list(_options_without_help(build_parser())) == []
