@@ -347,12 +347,14 @@ def read_rows(path: str | Path, indices: Iterable[int]) -> list[dict[str, Any]]:
         head = stream.header()
         shared = {"definition": head.definition, "positive_examples": head.positive_examples}
         j = 0
-        for i, inst in enumerate(stream.instances()):
-            while j < len(wanted) and wanted[j] == i:
-                out.append({**inst, **shared})
-                j += 1
-            if j == len(wanted):
-                break
+        for i, value in enumerate(stream.instances(check=False)):
+            if wanted[j] == i:  # only the wanted instances are checked and normalised
+                inst = {**_instance(value, i, stream.name, stream._buf), **shared}
+                while j < len(wanted) and wanted[j] == i:
+                    out.append(inst)
+                    j += 1
+                if j == len(wanted):
+                    break
     if j < len(wanted):
         raise NIv2Error(
             f"asked for instance {wanted[j]} but the file has {stream.count}",
