@@ -294,6 +294,25 @@ def test_out_folder_rules(tree, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imp", "mine"]
 
 
+def test_committed_import_is_current(tmp_path):
+    """tests/fixtures/niv2_tasks (mixtures/niv2.yaml's catalog) is what the import writes today;
+    regenerate it with `flanmix import natural-instructions tests/fixtures/niv2/tasks -o
+    tests/fixtures/niv2_tasks --overwrite` when the importer changes."""
+    fixtures = ROOT / "tests" / "fixtures"
+    out = fixtures / f".niv2_tasks_check_{tmp_path.name}"  # beside it: same relative paths
+    try:
+        import_natural_instructions([fixtures / "niv2" / "tasks"], out)
+        names = sorted(p.relative_to(out) for p in out.rglob("*.yaml"))
+        committed = fixtures / "niv2_tasks"
+        assert names == sorted(p.relative_to(committed) for p in committed.rglob("*.yaml"))
+        for name in names:
+            assert (out / name).read_text() == (committed / name).read_text(), name
+    finally:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def test_lint_of_imported_tree_is_clean(imported):
     result = lint_paths([imported / "task_templates"], clusters=imported / "clusters.yaml")
     assert [str(f) for f in result.findings if f.severity != "info"] == []
@@ -325,6 +344,11 @@ def compiled(imported, tmp_path_factory) -> Path:
 
 def _rows(out: Path, split: str) -> list[dict]:
     return [r for f in sorted(out.glob(f"{split}-*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+
+def test_shipped_spec_compiles_its_fixture_catalog(tmp_path):
+    manifest = compile_mixture(SPEC, tmp_path / "out", workers=1)
+    assert manifest["splits"]["train"]["rows"] > 0 and manifest["splits"]["eval"]["rows"] > 0
 
 
 def test_niv2_mixture_compiles_with_test_split_held_out(compiled):
