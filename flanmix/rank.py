@@ -46,46 +46,56 @@ class Encoded:
     options: list[list[int]]
 
 
-def separator_length(tokenizer, inputs: str, prompt: list[int], chat_template: bool) -> int:
-    """How many trailing prompt tokens are the prompt's trailing whitespace (0 when tokenizing
-    without it does not give a prefix of the prompt)."""
-    text = prompt_text(tokenizer, inputs, chat_template)
-    stripped = text.rstrip()
-    if stripped == text:
-        return 0
-    templated = chat_template and getattr(tokenizer, "chat_template", None)
-    head = tokenizer(stripped, add_special_tokens=not templated)["input_ids"]
-    if len(head) >= len(prompt) or prompt[: len(head)] != head:
+def _separator(text: str, prompt: list[int], head: list[int]) -> int:
+    """How many trailing prompt tokens are the prompt text's trailing whitespace, given the tokens
+    of the text without it (0 when those are not a prefix of the prompt's tokens)."""
+    if text.rstrip() == text or len(head) >= len(prompt) or prompt[: len(head)] != head:
         return 0
     return len(prompt) - len(head)
+
+
+def _ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=special)["input_ids"] if texts else []
 
 
 def encode_rows(
     tokenizer, kind: str, rows: list[dict], seq_len: int, chat_template: bool = False
 ) -> list[Encoded]:
-    """Tokens of each row; a causal prompt is cut against the row's longest option so that every
-    option of the row is scored after the same prompt (``flanmix.models.truncate_pair``)."""
+    """Tokens of each row, as ``flanmix.models.encode_prompt`` and ``encode_continuation`` give
+    them (in three batched tokenizer calls); a causal prompt is cut against the row's longest
+    option so that every option of the row is scored after the same prompt
+    (``flanmix.models.truncate_pair``)."""
+    if kind != "causal":
+        return [
+            Encoded(
+                encode_prompt(tokenizer, row["inputs"], kind)[:seq_len],
+                0,
+                [encode_continuation(tokenizer, o, kind, eos=False) for o in row["options"]],
+            )
+            for row in rows
+        ]
+    special = not (chat_template and getattr(tokenizer, "chat_template", None))
+    texts = [prompt_text(tokenizer, row["inputs"], chat_template) for row in rows]
+    prompts = _ids(tokenizer, texts, special)
+    heads = _ids(tokenizer, [t.rstrip() for t in texts], special)
+    flat = iter(_ids(tokenizer, [o for row in rows for o in row["options"]], False))
     out = []
-    for row in rows:
-        prompt = encode_prompt(tokenizer, row["inputs"], kind, chat_template)
-        options = [encode_continuation(tokenizer, o, kind, eos=False) for o in row["options"]]
-        if kind != "causal":
-            out.append(Encoded(prompt[:seq_len], 0, options))
-            continue
-        sep = separator_length(tokenizer, row["inputs"], prompt, chat_template)
-        longest = max(options, key=len)
-        prompt = truncate_pair(prompt, longest, seq_len)[0]
+    for row, text, prompt, head in zip(rows, texts, prompts, heads, strict=True):
+        options = [next(flat) for _ in row["options"]]
+        sep = _separator(text, prompt, head)
+        prompt = truncate_pair(prompt, max(options, key=len), seq_len)[0]
         options = [truncate_pair(prompt, o, seq_len)[1] for o in options]
         out.append(Encoded(prompt, min(sep, len(prompt) - 1), options))
     return out
 
 
-def _batches(order: list[int], encoded: list[Encoded], batch_size: int):
-    """Consecutive rows of ``order`` holding at most ``batch_size`` options (at least one row)."""
+def _batches(order: list[int], encoded: list[Encoded], batch_size: int, per_option: bool):
+    """Consecutive rows of ``order``: ``batch_size`` rows (prompts), or rows holding at most
+    ``batch_size`` options when every option is its own sequence (at least one row)."""
     chunk: list[int] = []
     n = 0
     for i in order:
-        k = len(encoded[i].options)
+        k = len(encoded[i].options) if per_option else 1
         if chunk and n + k > batch_size:
             yield chunk
             chunk, n = [], 0
@@ -106,12 +116,15 @@ def option_logprobs(
     share_prompt: bool = True,
 ) -> list[list[tuple[float, int]]]:
     """Per row, per option: (summed log-probability of separator + option, its token count).
-    ``share_prompt=False`` forces one forward per (prompt, option) pair (tests, benchmarks)."""
+
+    ``batch_size`` is the number of sequences in a forward pass: prompts when they are shared (the
+    options of those rows then go through together, each only a few tokens long), (prompt, option)
+    pairs otherwise. ``share_prompt=False`` forces one sequence per pair (tests, benchmarks)."""
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].prompt), reverse=True)
     result: list[list[tuple[float, int]]] = [[] for _ in encoded]
     shared = share_prompt and kind == "causal" and plain_head(model)
-    for chunk in _batches(order, encoded, batch_size):
+    for chunk in _batches(order, encoded, batch_size, per_option=not shared):
         rows = [encoded[i] for i in chunk]
         scores = (
             _shared_prefix(model, rows, pad_id, device)

@@ -13,7 +13,12 @@ pytest.importorskip("lm_eval")
 
 from flanmix.evaluate import EvalConfig, rank_classify  # noqa: E402
 from flanmix.lm_eval_export import export_lm_eval  # noqa: E402
-from flanmix.models import build_tiny, load_model  # noqa: E402
+from flanmix.models import (  # noqa: E402
+    build_tiny,
+    encode_continuation,
+    encode_prompt,
+    load_model,
+)
 from flanmix.rank import encode_rows, option_logprobs  # noqa: E402
 from tests.toy_mixture import copy_rows, row, sentiment_rows, write_mixture  # noqa: E402
 
@@ -103,6 +108,14 @@ def test_shared_prompt_pass_equals_one_pass_per_option(saved):
     for a, b in zip(shared, pairwise, strict=True):
         assert [n for _, n in a] == [n for _, n in b]
         assert [s for s, _ in a] == pytest.approx([s for s, _ in b], abs=TOL)
+
+
+def test_batched_encoding_is_the_training_layout(saved):
+    _, loaded = saved
+    tok, rows = loaded.tokenizer, options_rows()
+    for e, r in zip(encode_rows(tok, "causal", rows, seq_len=512), rows, strict=True):
+        assert e.prompt == encode_prompt(tok, r["inputs"], "causal")
+        assert e.options == [encode_continuation(tok, o, "causal", eos=False) for o in r["options"]]
 
 
 def test_truncated_prompts_keep_every_option_after_the_same_prompt(saved):
