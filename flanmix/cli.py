@@ -322,12 +322,48 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument("--max-examples", type=int, default=0, help="rows per template (0: all)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="decode budget for every template (default: per template, the 95th percentile of "
+        "its target lengths + 2, at most --max-new-tokens-cap)",
+    )
+    p.add_argument(
+        "--max-new-tokens-cap",
+        type=int,
+        default=256,
+        help="upper bound of the per-template decode budget (default 256)",
+    )
+    p.add_argument(
+        "--seq-len", type=int, default=512, help="longest prompt + answer in tokens (default 512)"
+    )
     p.add_argument(
         "--chat-template", action="store_true", help="wrap inputs in the tokenizer's chat template"
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help="exemplars per eval row the mixture must have (made at compile: eval.few_shot)",
+    )
+    p.add_argument(
+        "--resamples", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--dev-fraction",
+        type=float,
+        default=0.2,
+        help="share of each task's source rows that picks the best template (not reported on)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a results folder of another run"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip re-hashing the mixture's shards first"
+    )
     p.set_defaults(func=_run_evaluate)
 
 
@@ -339,18 +375,36 @@ def _run_evaluate(args) -> int:
         batch_size=args.batch_size,
         max_examples=args.max_examples,
         max_new_tokens=args.max_new_tokens,
+        max_new_tokens_cap=args.max_new_tokens_cap,
         seq_len=args.seq_len,
         chat_template=args.chat_template,
         progress=not args.no_progress,
+        shots=args.shots,
+        resamples=args.resamples,
+        seed=args.seed,
+        dev_fraction=args.dev_fraction,
+        overwrite=args.overwrite,
     )
-    results = evaluate(args.model, args.mixture, args.out, baseline=args.baseline, cfg=cfg)
+    results = evaluate(
+        args.model,
+        args.mixture,
+        args.out,
+        baseline=args.baseline,
+        cfg=cfg,
+        verify=not args.no_verify,
+    )
+
+    def cell(c) -> str:
+        ci = f" [{c['ci'][0]:5.1f}, {c['ci'][1]:5.1f}]" if c.get("ci") else ""
+        return f"{c['mean']:6.1f}{ci}"
+
+    print(
+        f"{'held-out cluster':<24} {'model (95% CI)':<22}"
+        + ("  baseline" if "baseline" in results else "")
+    )
     for name, c in results["model"]["clusters"].items():
-        base = (
-            f"  (baseline {results['baseline']['clusters'][name]['mean']:.1f})"
-            if "baseline" in results
-            else ""
-        )
-        print(f"{name:<24} {c['mean']:6.1f}{base}")
+        base = results.get("baseline", {}).get("clusters", {}).get(name)
+        print(f"{name:<24} {cell(c):<22}" + (f"  {cell(base)}" if base else ""))
     print(f"results: {results['paths']['json']}\ntable:   {results['paths']['markdown']}")
     print("charts:  " + ", ".join(results["paths"]["charts"]))
     return 0

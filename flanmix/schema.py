@@ -228,8 +228,10 @@ class Evaluation(_Model):
     """
 
     kind: Literal["options", "generation"]
-    metrics: list[Literal["exact_match", "rouge_l", "bleu"]] = Field(
-        default_factory=lambda: ["rouge_l"]
+    metrics: list[Literal["exact_match", "f1", "rouge_1", "rouge_2", "rouge_l", "bleu"]] = Field(
+        default_factory=lambda: ["rouge_l"],
+        description="generation metrics, the first is the primary one (EM and F1 are always "
+        "reported too)",
     )
     references: str | None = Field(
         default=None,

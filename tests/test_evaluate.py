@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from flanmix.evaluate import (  # noqa: E402
     EvalConfig,
+    TemplateScores,
     aggregate,
+    bleu_from_statistics,
+    bleu_statistics,
     evaluate,
     generate,
     generation_scores,
+    in_dev_slice,
     normalize_answer,
     rank_classify,
+    row_metrics,
+    token_f1,
 )
 from flanmix.models import build_tiny  # noqa: E402
 from tests.toy_mixture import copy_rows, sentiment_rows, toy_mixture, write_mixture  # noqa: E402
@@ -41,34 +48,123 @@ def tiny():
 def test_generation_metrics():
     assert normalize_answer("The  Apple!") == "apple"
     perfect = generation_scores(["the cat sat on the mat"], ["The cat sat on the mat."])
-    assert (
-        perfect["exact_match"] == 100
-        and perfect["rouge_l"] == pytest.approx(100)
-        and perfect["bleu"] > 50
-    )
+    assert perfect["exact_match"] == perfect["f1"] == 100
+    assert perfect["rouge_l"] == pytest.approx(100) and perfect["bleu"] > 50
     wrong = generation_scores(["dog"], ["a cat sat"])
-    assert wrong["exact_match"] == 0 and wrong["rouge_l"] == 0
+    assert wrong["exact_match"] == wrong["f1"] == wrong["rouge_l"] == 0
 
 
-def test_aggregate_mean_best_and_cluster():
-    templates = {
-        "a.x": {"task": "a", "cluster": "c1", "metric": "accuracy", "score": 60.0},
-        "a.y": {"task": "a", "cluster": "c1", "metric": "accuracy", "score": 80.0},
-        "b.x": {"task": "b", "cluster": "c1", "metric": "rouge_l", "score": 30.0},
-        "d.x": {"task": "d", "cluster": "c2", "metric": "bleu", "score": 10.0},
-        "a.inverted": {"task": "a", "cluster": "c1", "metric": "rouge_l", "score": 1.0},
+def test_metrics_match_sacrebleu_and_rouge_score_directly():
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    preds = ["the cat is on the mat", "there is a dog in the garden", "hello world"]
+    refs = ["the cat sat on the mat", "a dog is in the garden", "goodbye world"]
+    ours = generation_scores(preds, refs)
+    assert ours["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    for ours_key, key in (("rouge_1", "rouge1"), ("rouge_2", "rouge2"), ("rouge_l", "rougeL")):
+        expected = (
+            sum(scorer.score(r, p)[key].fmeasure for p, r in zip(preds, refs, strict=True)) / 3
+        )
+        assert ours[ours_key] == pytest.approx(100 * expected)
+    # the BLEU statistics of any subset give that subset's corpus BLEU (what the bootstrap uses)
+    stats = bleu_statistics(preds, [[r] for r in refs])
+    assert bleu_from_statistics(stats[:2].sum(axis=0)) == pytest.approx(
+        sacrebleu.corpus_bleu(preds[:2], [refs[:2]]).score
+    )
+    # SQuAD token F1, by hand: "big red barn" vs "red barn near big river": precision 1, recall 3/5
+    assert token_f1("the big red barn", "red barn near the big river") == pytest.approx(
+        2 * (3 / 3) * (3 / 5) / (3 / 3 + 3 / 5)
+    )
+    assert (
+        token_f1("Paris", "paris.") == 1.0 and token_f1("", "a") == 1.0
+    )  # both empty once normalized
+
+
+def test_exact_match_and_f1_take_the_best_reference():
+    # SQuAD-shaped: several annotators' spans; TriviaQA-shaped: value, aliases, normalized aliases
+    squad = ["Denver Broncos", "Denver Broncos", "The Broncos"]
+    trivia = ["Sir Winston Churchill", "Winston Churchill", "churchill", "winston churchill"]
+    per_row = row_metrics(
+        ["the Broncos", "Churchill", "Broncos of Denver", "Clement Attlee"],
+        [squad, trivia, squad, trivia],
+        ["exact_match", "f1"],
+    )
+    assert per_row["exact_match"].tolist() == [100, 100, 0, 0]
+    assert per_row["f1"][0] == 100 and per_row["f1"][1] == 100
+    assert per_row["f1"][2] == pytest.approx(
+        100 * 2 * (2 / 3) * 1 / (2 / 3 + 1)
+    )  # vs "Denver Broncos"
+    assert per_row["f1"][3] == 0
+    # one reference only (what the column held before): the alias is not matched
+    assert row_metrics(["Churchill"], [trivia[:1]], ["exact_match"])["exact_match"][0] == 0
+
+
+def _synthetic(task, cluster, template, values, *, inverted=False, kind="generation", metric="f1"):
+    keys = [f"validation:{i}" for i in range(len(values))]
+    return TemplateScores(
+        f"{task}.{template}", task, cluster, kind, inverted, metric, keys, np.array(values, float)
+    )
+
+
+def test_aggregate_excludes_inverted_and_picks_best_on_the_dev_slice():
+    n = 400
+    dev = np.array([in_dev_slice("squad", f"validation:{i}", 0.2) for i in range(n)])
+    assert 0.15 < dev.mean() < 0.25  # about a fifth of the source rows
+    # "lucky" is perfect on the dev rows only; "steady" is 60 everywhere; inverted ones score 0
+    lucky = np.where(dev, 100.0, 0.0)
+    scores = {
+        t.template_id: t
+        for t in [
+            _synthetic("squad", "rc", "lucky", lucky),
+            _synthetic("squad", "rc", "steady", np.full(n, 60.0)),
+            _synthetic("squad", "rc", "write_question", np.zeros(n), inverted=True),
+            _synthetic("wmt", "translation", "de_en", np.full(n, 50.0)),
+            _synthetic("wmt", "translation", "en_de", np.zeros(n), inverted=True),
+            _synthetic("rte", "nli", "a", np.full(n, 80.0), kind="options", metric="accuracy"),
+            _synthetic("rte", "nli", "b", np.full(n, 60.0), kind="options", metric="accuracy"),
+            _synthetic("rte", "nli", "open", np.full(n, 5.0), metric="rouge_l"),
+            _synthetic("rte", "nli", "inv", np.full(n, 1.0), inverted=True, metric="rouge_l"),
+        ]
     }
-    agg = aggregate(templates)
-    assert agg["tasks"]["a"] == {
-        "cluster": "c1",
-        "metric": "accuracy",
-        "mean": 70.0,
-        "best_template": "a.y",
-        "best": 80.0,
-        "templates": 2,
-    }
-    assert agg["clusters"]["c1"] == {"tasks": ["a", "b"], "mean": 50.0}
-    assert agg["clusters"]["c2"]["mean"] == 10.0
+    agg = aggregate(scores, resamples=200, seed=3)
+    squad, wmt, rte = agg["tasks"]["squad"], agg["tasks"]["wmt"], agg["tasks"]["rte"]
+    # the turned-around templates stay out of the task mean (was 25.0 for wmt, 40-ish for squad)
+    assert wmt["mean"] == 50.0 and wmt["inverted"]["mean"] == 0.0
+    assert squad["mean"] == pytest.approx((100 * dev.mean() + 60) / 2)
+    assert squad["templates"] == 2 and squad["inverted"]["templates"] == ["squad.write_question"]
+    # best template: chosen on the dev slice ("lucky", 100 there) and reported on the other rows (0)
+    assert squad["best_template"] == "squad.lucky"
+    assert squad["best_on_dev"] == 100.0 and squad["best"] == 0.0
+    assert squad["dev_rows"] == dev.sum() and squad["report_rows"] == n - dev.sum()
+    # options task: accuracy templates only; the generation template is listed apart
+    assert rte["metric"] == "accuracy" and rte["mean"] == 70.0
+    assert rte["other_templates"] == ["rte.open"] and rte["best_template"] == "rte.a"
+    # clusters: mean of task means; CIs are seeded and bracket the mean
+    assert agg["clusters"]["rc"]["mean"] == squad["mean"]
+    lo, hi = squad["ci"]
+    assert lo < squad["mean"] < hi and hi - lo < 10
+    assert wmt["ci"] == [50.0, 50.0]
+    assert aggregate(scores, resamples=200, seed=3) == agg
+    assert aggregate(scores, resamples=200, seed=4)["tasks"]["squad"]["ci"] != squad["ci"]
+
+
+def test_aggregate_bleu_bootstrap_recomputes_corpus_bleu():
+    preds = ["the cat sat on the mat", "a dog ran", "hello there world", "good morning all"]
+    refs = [["the cat sat on the mat"], ["the dog ran far"], ["hello world"], ["good morning"]]
+    stats = bleu_statistics(preds * 10, refs * 10)
+    t = TemplateScores(
+        "wmt.x", "wmt", "translation", "generation", False, "bleu",
+        [f"validation:{i}" for i in range(40)], stats,
+    )  # fmt: skip
+    agg = aggregate({"wmt.x": t}, resamples=100)
+    import sacrebleu
+
+    expected = sacrebleu.corpus_bleu(preds * 10, [[r[0] for r in refs] * 10]).score
+    assert agg["tasks"]["wmt"]["mean"] == pytest.approx(expected)
+    lo, hi = agg["tasks"]["wmt"]["ci"]
+    assert lo <= expected <= hi
 
 
 def test_rank_classification_does_not_depend_on_batch_size(tiny):
@@ -148,6 +244,79 @@ def test_max_examples_per_template_and_missing_eval_split(mixture, tmp_path, tin
     no_eval = write_mixture(tmp_path / "noeval", {"train": copy_rows()})
     with pytest.raises(FlanmixError, match="no eval split"):
         evaluate(str(tmp_path / "m"), no_eval, tmp_path / "e2")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_missing_model_directory_is_not_a_hub_error(mixture, tmp_path, monkeypatch):
+    from flanmix.evaluate import EvaluateError
+
+    out = tmp_path / "e"
+    with pytest.raises(EvaluateError, match="no such model directory") as err:
+        evaluate(str(tmp_path / "runs" / "train" / "model"), mixture, out)
+    assert "runs/train/model" in str(err.value) and not out.exists()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # org/name shaped, no such folder, no hub
+    with pytest.raises(EvaluateError, match="no such model directory .and the hub is offline"):
+        evaluate("nobody/no-model", mixture, out)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvaluateError, match="no config.json"):
+        evaluate(str(tmp_path / "empty"), mixture, out)
+    with pytest.raises(EvaluateError, match="no such model directory"):
+        evaluate("tiny", mixture, out, baseline=str(tmp_path / "gone"))
+    assert not out.exists()
+
+
+def test_rows_without_references_and_wrong_shots_are_errors(tmp_path, mixture):
+    from flanmix.evaluate import EvaluateError
+
+    rows = copy_rows()
+    rows[3]["references"] = None
+    old = write_mixture(tmp_path / "old", {"train": copy_rows(), "eval": rows})
+    with pytest.raises(EvaluateError, match="task 'copy' has eval rows without references"):
+        evaluate("tiny", old, tmp_path / "e")
+    with pytest.raises(EvaluateError, match="--shots 2: the mixture's eval rows have 0"):
+        evaluate("tiny", mixture, tmp_path / "e", cfg=EvalConfig(shots=2))
+    assert not (tmp_path / "e").exists()
+
+
+def test_results_folder_of_another_run_is_refused_and_nothing_half_written(
+    mixture, tmp_path, tiny, monkeypatch
+):
+    import flanmix.evaluate as ev
+    from flanmix.evaluate import EvaluateError
+
+    for name in ("a", "b"):
+        tiny.model.save_pretrained(tmp_path / name)
+        tiny.tokenizer.save_pretrained(tmp_path / name)
+    cfg = EvalConfig(progress=False, max_examples=2, max_new_tokens=2, resamples=20)
+    out = tmp_path / "e"
+    evaluate(str(tmp_path / "a"), mixture, out, cfg=cfg)
+    before = (out / "results.json").read_bytes()
+    evaluate(str(tmp_path / "a"), mixture, out, cfg=cfg)  # the same run again: replaced
+    with pytest.raises(EvaluateError, match="holds another run's results") as err:
+        evaluate(str(tmp_path / "b"), mixture, out, cfg=cfg)
+    assert "--overwrite" in err.value.hint
+    assert (out / "results.json").read_bytes() == before
+    # a failure while scoring leaves the old results and no temporary folder
+    monkeypatch.setattr(ev, "markdown_report", lambda results: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        evaluate(
+            str(tmp_path / "b"), mixture, out, cfg=EvalConfig(**{**cfg.__dict__, "overwrite": True})
+        )
+    assert (out / "results.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "e"]
+    monkeypatch.undo()
+    cfg.overwrite = True
+    results = evaluate(str(tmp_path / "b"), mixture, out, cfg=cfg)
+    assert json.loads((out / "results.json").read_text())["run"]["model"] == str(tmp_path / "b")
+    assert results["paths"]["charts"] and all(Path(c).exists() for c in results["paths"]["charts"])
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(EvaluateError, match="holds no flanmix results"):
+        evaluate(str(tmp_path / "a"), mixture, other, cfg=cfg)
+    assert (other / "notes.txt").read_text() == "mine"
 
 
 def test_cli_evaluate(mixture, tmp_path, tiny, capsys):
