@@ -8,9 +8,9 @@ fence is a marker:
 - ``<!-- not runnable: REASON -->``: say why it is not run (every ``bash`` and ``python`` block
   needs one of the three, so a new example cannot silently escape the test).
 
-How a block runs, in a scratch copy of the checkout (tracked and untracked, not ignored, files),
-offline (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1``), with this venv's ``bin`` first on
-``PATH``:
+How a block runs: in a scratch copy of the checkout (tracked and untracked, not ignored, files;
+``.venv`` links to this venv, as after ``make install``), offline (``HF_HUB_OFFLINE=1``,
+``HF_DATASETS_OFFLINE=1``), with this venv's ``bin`` first on ``PATH``:
 
 - ``bash``: ``bash -euo pipefail``; it must exit 0;
 - ``python``: a doctest when it holds ``>>>`` prompts (output compared, ``...`` matches
@@ -54,7 +54,7 @@ class Block:
     code: str
     line: int  # 1-based line of the opening fence
     slow: bool
-    earlier: list[Block] = field(default_factory=list)
+    earlier: list[Block] = field(default_factory=list, repr=False)
 
     @property
     def id(self) -> str:
@@ -144,6 +144,7 @@ def _scratch_copy(dest: Path) -> Path:
             target = dest / os.fsdecode(name)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
+    (dest / ".venv").symlink_to(Path(sys.prefix))  # as after `make install`: .venv/bin/flanmix
     return dest
 
 
