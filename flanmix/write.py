@@ -610,7 +610,8 @@ def composition_report(mixture_dir: str | Path) -> str:
 
 
 def plot_composition(mixture_dir: str | Path, path: str | Path) -> Path:
-    """Save a bar chart of the train rows per cluster and per format (needs matplotlib)."""
+    """Save bar charts of the rows per cluster, format and task, for the train and the eval split,
+    each bar labelled with its count (needs matplotlib)."""
     from .mixture import Mixture
 
     try:
@@ -621,15 +622,37 @@ def plot_composition(mixture_dir: str | Path, path: str | Path) -> Path:
     except ImportError as exc:
         raise CompileError("plotting needs matplotlib", hint="pip install matplotlib") from exc
     m = Mixture.open(mixture_dir).manifest
-    counts = m["counts"]["train"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, key in zip(axes, ("cluster", "format"), strict=True):
-        items = sorted(counts[key].items(), key=lambda kv: kv[1])
-        ax.barh([k for k, _ in items], [v for _, v in items])
-        ax.set_title(f"train rows per {key}")
-    fig.suptitle(m["name"])
-    fig.tight_layout()
+    fig = composition_figure(m, plt)
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def composition_figure(manifest: dict[str, Any], plt):
+    """One row of panels per split (train, eval): rows per cluster, per format and per task."""
+    splits = [s for s in ("train", "eval") if manifest["splits"].get(s, {}).get("rows")]
+    keys = ("cluster", "format", "task")
+    bars = [max(len(manifest["counts"][s].get(k, {})) for k in keys) for s in splits]
+    heights = [0.22 * n + 1.2 for n in bars]  # a bar's height is the same in every panel
+    fig, axes = plt.subplots(
+        len(splits),
+        3,
+        figsize=(18, sum(heights) + 0.6),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
+    for row, split in zip(axes, splits, strict=True):
+        total = manifest["splits"][split]["rows"]
+        for ax, key in zip(row, keys, strict=True):
+            items = sorted(manifest["counts"][split].get(key, {}).items(), key=lambda kv: kv[1])
+            drawn = ax.barh([k for k, _ in items], [v for _, v in items], height=0.7)
+            ax.bar_label(drawn, labels=[f"{v:,}" for _, v in items], padding=2, fontsize=8)
+            ax.set_title(f"{split}: rows per {key} ({total:,} rows)")
+            ax.tick_params(axis="y", labelsize=8)
+            top = len(items) - 0.4  # bars from the top of the panel, largest first
+            ax.set_ylim(top - max(len(items), bars[splits.index(split)]) - 0.2, top)
+            ax.margins(x=0.15)  # room for the labels
+    fig.suptitle(manifest["name"])
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    return fig

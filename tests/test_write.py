@@ -288,3 +288,33 @@ def test_tasks_without_rows_for_a_split_are_reported(tmp_path):
     manifest = compile_mixture(spec, tmp_path / "out", offline=True, workers=1)
     assert manifest["skipped_tasks"]["train:story_cloze"].startswith("no training split")
     assert "no train rows from wsc273" in composition_report(tmp_path / "out")
+
+
+def test_composition_plot_has_train_and_eval_per_cluster_format_task_with_values(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from flanmix.write import composition_figure
+
+    spec = make_spec(holdout={"clusters": ["qa"]}, total_rows=200)
+    catalog = load_catalog(FIXTURE)
+    manifest = compile_mixture(
+        spec, tmp_path / "out", catalog=catalog, workers=1, offline=True, base_dir=tmp_path
+    )
+    fig = composition_figure(manifest, plt)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert [t.split(" (")[0] for t in titles] == [
+        f"{split}: rows per {key}"
+        for split in ("train", "eval")
+        for key in ("cluster", "format", "task")
+    ]
+    for ax, (split, key) in zip(
+        fig.axes,
+        [(s, k) for s in ("train", "eval") for k in ("cluster", "format", "task")],
+        strict=True,
+    ):
+        labels = sorted(t.get_text() for t in ax.texts)  # the value written on each bar
+        assert labels == sorted(f"{n:,}" for n in manifest["counts"][split][key].values())
+    plt.close(fig)
