@@ -42,6 +42,7 @@ CHUNK = 1 << 20  # characters read at a time
 MAX_VALUE = 256 << 20  # one JSON value (an instance, a header entry) larger than this is refused
 
 _WS = re.compile(r"[ \t\n\r]*")
+_SEP = re.compile(r"[ \t\n\r]*([,\]])")
 _DECODER = json.JSONDecoder()  # accepts NaN / Infinity, as Python wrote them into older files
 _TASK_NUMBER = re.compile(r"^task(\d+)")
 
@@ -318,19 +319,22 @@ class TaskStream:
         if not self._at_instances:
             return
         index = 0
-        first = True
-        while True:
-            c = buf.peek()
-            if c == "]":
-                buf.pos += 1
-                break
-            if not first:
-                buf.expect(",", "',' or ']' between instances", index)
-            first = False
-            value = buf.value(f"instance {index}", index)
-            yield _instance(value, index, self.name, buf) if check else value
-            index += 1
-            self.count = index
+        if buf.peek() == "]":
+            buf.pos += 1
+        else:
+            while True:
+                value = buf.value(f"instance {index}", index)
+                yield _instance(value, index, self.name, buf) if check else value
+                index += 1
+                self.count = index
+                m = _SEP.match(buf.buf, buf.pos)  # the common case: the separator is in the buffer
+                if m is not None:
+                    buf.pos = m.end()
+                    sep = m.group(1)
+                else:
+                    sep = buf.expect(",]", "',' or ']' between instances", index)
+                if sep == "]":
+                    break
         self.count = index
         c = buf.expect(",}", "',' or '}' after Instances")
         if c == ",":
