@@ -83,6 +83,20 @@ def smollm2_gguf() -> Path:
     raise ModelError(f"no .gguf file found in {list(spec.submodule_search_locations)}")
 
 
+#: The tiny tokenizer's chat template: a turn is its text and a newline, an assistant turn ends
+#: with EOS (inside ``{% generation %}``, so TRL's ``assistant_only_loss`` can find it). A user
+#: turn with the generation prompt renders exactly like the plain prompt (``<s>`` + inputs +
+#: newline), so ``chat_template: true`` changes nothing for tiny, and TRL's ``messages`` format
+#: (which needs a template) works with it.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '\\n' }}{% endif %}"
+    "{% endfor %}"
+)
+
+
 def train_tiny_tokenizer(
     texts: list[str], vocab_size: int = TINY_DEFAULTS["vocab_size"]
 ) -> PreTrainedTokenizerFast:
@@ -110,6 +124,7 @@ def train_tiny_tokenizer(
         eos_token="</s>",
         pad_token="<pad>",
         model_max_length=1 << 20,
+        chat_template=TINY_CHAT_TEMPLATE,
     )
 
 

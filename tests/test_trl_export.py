@@ -85,3 +85,44 @@ def test_sft_trainer_two_steps_completion_only(tmp_path):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     assert result.training_loss > 0
+
+
+@pytest.mark.slow
+def test_sft_trainer_on_the_messages_export_with_the_tiny_chat_template(tmp_path):
+    """The messages format needs a chat template: tiny's marks the assistant turn, so TRL's
+    assistant_only_loss trains on the target only."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from flanmix.export import export_mixture
+    from flanmix.models import build_tiny
+
+    mix = toy_mixture(tmp_path / "mix")
+    export_mixture(mix, tmp_path / "msgs", fmt="messages")
+    data = datasets.load_dataset(str(tmp_path / "msgs"), cache_dir=str(tmp_path / "cache"))
+    rows = list(Mixture.open(mix).iter_rows("train"))
+    loaded = build_tiny([t for r in rows for t in (r["inputs"], r["targets"])], seed=0)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trl"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        assistant_only_loss=True,
+        max_length=128,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=data["train"],
+        processing_class=loaded.tokenizer,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    target = loaded.tokenizer(rows[0]["targets"], add_special_tokens=False)["input_ids"]
+    kept = [t for t in batch["labels"][0].tolist() if t != -100]
+    assert kept == target + [loaded.tokenizer.eos_token_id]  # the assistant turn only
+    trainer.train()
+    assert trainer.state.global_step == 2
