@@ -238,6 +238,25 @@ class Catalog:
             else sorted({t.task.cluster for t in self.tasks.values()})
         )
 
+    def expand_clusters(self, names: list[str]) -> list[tuple[int, str]]:
+        """(position in ``names``, cluster) with ``NAME/*`` replaced by every cluster of the added
+        catalog NAME; a pattern matching nothing is kept (and refused as an unknown cluster)."""
+        out = []
+        known = self.cluster_names()
+        for i, name in enumerate(names):
+            if name.endswith("/*"):
+                hits = [c for c in known if c.startswith(name[:-1])]
+                out.extend((i, c) for c in hits) if hits else out.append((i, name))
+            else:
+                out.append((i, name))
+        return out
+
+    def all_clusters(self) -> list[str]:
+        """What a spec's ``clusters: all`` means: every cluster but those marked ``in_all: false``."""
+        if self.clusters is None:
+            return self.cluster_names()
+        return [c for c, v in self.clusters.clusters.items() if v.in_all]
+
     def tasks_in_cluster(self, cluster: str) -> list[str]:
         """Tasks listed under a cluster in clusters.yaml (or whose own ``cluster`` is it)."""
         if self.clusters is not None:
@@ -283,6 +302,55 @@ def load_catalog(
     if cpath.exists():
         catalog.clusters, catalog.clusters_lines = read_clusters(cpath)
     return catalog
+
+
+def add_catalogs(catalog: Catalog, roots: dict[str, str | Path]) -> Catalog:
+    """``catalog`` with more catalogs added (a spec's ``catalogs``: name -> folder), as a new
+    catalog. An added catalog's clusters (and its tasks' ``cluster``) are renamed ``NAME/CLUSTER``
+    and left out of ``clusters: all``; its overlap groups follow the renaming. A task id defined
+    twice is an error naming both files."""
+    from .schema import Cluster, ClustersFile
+
+    merged = Catalog(root=catalog.root, tasks=dict(catalog.tasks))
+    base = catalog.clusters
+    clusters = dict(base.clusters) if base else {}
+    overlap = list(base.overlap_groups) if base else []
+    related = list(base.related) if base else []
+    built_from = dict(base.built_from) if base else {}
+    for name, root in roots.items():
+        extra = load_catalog(root)
+
+        def qualified(cluster: str, name: str = name) -> str:
+            return f"{name}/{cluster}"
+
+        for tid, tf in extra.tasks.items():
+            if tid in merged.tasks:
+                first = merged.tasks[tid]
+                raise CatalogError(
+                    f"task {tid!r} is in two catalogs: {first.lines.file} and {tf.lines.file}",
+                    location=tf.location("id"),
+                    hint="a spec's catalogs must not repeat a task; rename one or drop a catalog",
+                )
+            task = tf.task.model_copy(update={"cluster": qualified(tf.task.cluster)})
+            merged.tasks[tid] = TaskFile(path=tf.path, task=task, lines=tf.lines)
+        if extra.clusters is None:
+            for tid, tf in extra.tasks.items():
+                c = clusters.setdefault(qualified(tf.task.cluster), Cluster(in_all=False))
+                c.tasks.append(tid)
+            continue
+        for cname, cluster in extra.clusters.clusters.items():
+            clusters[qualified(cname)] = cluster.model_copy(update={"in_all": False})
+        for group in extra.clusters.overlap_groups:
+            overlap.append(
+                group.model_copy(update={"clusters": [qualified(c) for c in group.clusters]})
+            )
+        related += extra.clusters.related
+        built_from.update(extra.clusters.built_from)
+    merged.clusters = ClustersFile.model_construct(
+        clusters=clusters, overlap_groups=overlap, related=related, built_from=built_from
+    )
+    merged.clusters_lines = catalog.clusters_lines
+    return merged
 
 
 INVENTORY_START = (

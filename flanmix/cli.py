@@ -671,6 +671,23 @@ def _add_import(sub) -> None:
         help="cut every {{ }} to 2048 characters as promptsource's Template.apply does by default",
     )
     ps.add_argument("--overwrite", action="store_true", help="replace task files that exist")
+    ps.add_argument(
+        "--catalog",
+        action="store_true",
+        help="write a compile-ready catalog folder (-o DIR: task_templates/ and clusters.yaml) "
+        "with hub sources, splits and pinned features from flanmix/data/promptsource_hub.yaml",
+    )
+    ps.add_argument(
+        "--selection",
+        choices=["t0sf", "all"],
+        default="t0sf",
+        help="with --catalog: FLAN v2's T0-SF files (default) or every file",
+    )
+    ps.add_argument(
+        "--report",
+        action="store_true",
+        help="with --catalog: print what would be compile-ready and why the rest is not; write nothing",
+    )
     ps.set_defaults(func=_run_import_promptsource)
     _add_import_niv2(fmt)
 
@@ -681,6 +698,8 @@ def _run_import_promptsource(args) -> int:
     if args.path is None:
         args.path = installed_templates()
         print(f"reading promptsource's templates from {args.path}")
+    if args.catalog:
+        return _run_promptsource_catalog(args)
     report = import_promptsource(
         args.path,
         args.out,
@@ -712,6 +731,27 @@ def _run_import_promptsource(args) -> int:
             "then run 'flanmix lint'"
         )
     return 0 if report.imported and not report.unreadable else 1
+
+
+def _run_promptsource_catalog(args) -> int:
+    from .promptsource_catalog import build_catalog
+
+    if not args.report and args.out == Path("task_templates/imported"):
+        print(
+            "error: --catalog writes a catalog folder: give it with -o DIR (e.g. -o catalogs/t0sf)",
+            file=sys.stderr,
+        )
+        return 2
+    out = None if args.report else args.out
+    report = build_catalog(args.path, out, selection=args.selection, overwrite=args.overwrite)
+    for line in report.lines():
+        print(line)
+    if report.written is not None:
+        print(
+            f"wrote {len(report.ready)} task file(s) and clusters.yaml under {report.written}; "
+            "name the folder in a spec's catalogs: (see mixtures/flan2022.yaml)"
+        )
+    return 0 if report.ready else 1
 
 
 def _add_import_niv2(fmt) -> None:
@@ -834,6 +874,10 @@ def _run_sources_check(args) -> int:
         spec, base = load_spec(targets[0])
         root = args.root or ((base / spec.catalog) if spec.catalog else None)
         catalog = load_catalog(root)
+        if spec.catalogs:
+            from .catalog import add_catalogs
+
+            catalog = add_catalogs(catalog, {n: base / c for n, c in spec.catalogs.items()})
         uses = spec_source_uses(spec, catalog, targets[0])
         folders = {t: base / d for t, d in spec.sources.items()}
     else:

@@ -136,8 +136,12 @@ def _expand(
     """Tasks named directly by a node (clusters + tasks - exclude_tasks), in a stable order."""
     names: list[str] = []
     known = catalog.cluster_names()
-    clusters = known if node.clusters == "all" else node.clusters
-    for i, cluster in enumerate(clusters):
+    clusters = (
+        list(enumerate(catalog.all_clusters()))
+        if node.clusters == "all"
+        else catalog.expand_clusters(node.clusters)
+    )
+    for i, cluster in clusters:
         if cluster not in known:
             raise SpecError(
                 f"unknown cluster {cluster!r}",

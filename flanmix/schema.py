@@ -358,6 +358,11 @@ class Task(_Model):
 class Cluster(_Model):
     description: str = ""
     tasks: list[str] = Field(default_factory=list)
+    in_all: bool = Field(
+        default=True,
+        description="a spec's `clusters: all` includes this cluster; false for a cluster only "
+        "named explicitly (the FLAN Collection's chain-of-thought tasks, kept out of FLAN 2021)",
+    )
 
 
 class OverlapGroup(_Model):

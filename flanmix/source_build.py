@@ -373,6 +373,41 @@ def _samsum(release: Release) -> dict[str, Rows]:
     return {"train": read("train.json"), "validation": read("val.json"), "test": read("test.json")}
 
 
+def _cot_tsv(filename: str) -> Callable[[Release], dict[str, Rows]]:
+    """One of FLAN v2's chain-of-thought files (flan/v2/cot_data/*_train.tsv in
+    github.com/google-research/FLAN): no header, one example per line, three tab-separated
+    columns question, answer, rationale, line breaks inside a field written as the two
+    characters ``\\n``. FLAN released only training rows: the split is ``train``."""
+
+    def convert(release: Release) -> dict[str, Rows]:
+        where, lines = release.lines(filename)
+
+        def rows() -> Iterator[dict[str, Any]]:
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                parts = line.split("\t")
+                if len(parts) != 3:
+                    raise SourceError(
+                        f"{where}, line {n}: {len(parts)} tab-separated columns, expected 3 "
+                        "(question, answer, rationale)",
+                        location=Location(task=release.task),
+                    )
+                question, answer, rationale = (p.replace("\\n", "\n").strip() for p in parts)
+                yield {"question": question, "answer": answer, "rationale": rationale}
+
+        return {"train": rows()}
+
+    return convert
+
+
+_COT_FILES = (
+    "{name}_train.tsv from flan/v2/cot_data/ of a checkout of "
+    "https://github.com/google-research/FLAN (`git clone https://github.com/google-research/FLAN`, "
+    "then --from FLAN/flan/v2/cot_data)"
+)
+
+
 BUILDERS: dict[str, Builder] = {
     b.task: b
     for b in (
@@ -433,6 +468,10 @@ BUILDERS: dict[str, Builder] = {
             "train.json, val.json and test.json extracted from data/corpus.7z of the hub repo "
             "Samsung/samsum (the authors' release; `7z x corpus.7z`)",
             _samsum,
+        ),
+        *(
+            Builder(f"cot_{name}", _COT_FILES.format(name=name), _cot_tsv(f"{name}_train.tsv"))
+            for name in ("creak", "ecqa", "esnli", "sensemaking", "aqua", "qed")
         ),
         Builder(
             "quac",

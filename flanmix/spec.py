@@ -229,6 +229,23 @@ class MixtureSpec(_Model):
         default=None,
         description="folder holding task_templates/ and clusters.yaml, relative to the spec",
     )
+    catalogs: dict[str, str] = Field(
+        default_factory=dict,
+        description="more catalogs, name -> folder relative to the spec (an import's -o folder), "
+        "whose task_templates/ and clusters.yaml join the library: their clusters are named "
+        "NAME/CLUSTER (select them all with 'NAME/*'); `clusters: all` keeps meaning the library's",
+    )
+
+    @field_validator("catalogs")
+    @classmethod
+    def _catalog_names(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for name in value:
+            if not re.fullmatch(ID_PATTERN, name):
+                raise ValueError(f"catalog name {name!r} must match {ID_PATTERN}")
+        return value
+
     clusters: list[str] | Literal["all"] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
     exclude_tasks: list[str] = Field(default_factory=list)

@@ -302,7 +302,12 @@ def compile_mixture(
     if catalog is None:
         root = (base / spec.catalog) if spec.catalog else None
         catalog = load_catalog(root)
+    if spec.catalogs:
+        from .catalog import add_catalogs
+
+        catalog = add_catalogs(catalog, {n: base / c for n, c in spec.catalogs.items()})
     protect = [spec_file, catalog.root, *(base / p for p in spec.sources.values())]
+    protect += [base / c for c in spec.catalogs.values()]
     try:
         with claim(
             out_dir, overwrite=overwrite, protect=protect, what="the mixture", error=CompileError

@@ -28,6 +28,11 @@ INVENTORY = {
         "aeslc", "cnn_dailymail", "gigaword", "multi_news", "newsroom", "samsum", "xsum", "ag_news",
         "opinion_abstracts_rotten_tomatoes", "opinion_abstracts_idebate", "wiki_lingua_en",
     ],
+    # the FLAN Collection's chain-of-thought submix (issue 15), outside `clusters: all`
+    "cot": [
+        "cot_gsm8k", "cot_strategyqa", "cot_creak", "cot_qasc", "cot_esnli", "cot_ecqa",
+        "cot_sensemaking", "cot_aqua", "cot_qed",
+    ],
 }  # fmt: skip
 ALL_TASKS = [t for tasks in INVENTORY.values() for t in tasks]
 

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanmix.catalog import load_catalog
+from flanmix.catalog import add_catalogs, load_catalog
 from flanmix.errors import SpecError
 from flanmix.mix import plan_mixture, resolve_holdout
 from flanmix.sources import HubState, SourceReader, resolve_source
@@ -71,7 +71,7 @@ def catalog():
 
 
 def test_the_library_has_flans_clusters(catalog):
-    assert set(catalog.cluster_names()) == set(FLAN_CLUSTERS)
+    assert set(catalog.all_clusters()) == set(FLAN_CLUSTERS)  # `clusters: all`; cot is apart
     for cluster, tasks in FLAN_CLUSTERS.items():
         assert set(catalog.tasks_in_cluster(cluster)) == tasks, cluster
 
@@ -87,7 +87,8 @@ def _loco_sets(catalog, cluster):
     )
     held = resolve_holdout(one, catalog, None)
     out = set(held["tasks"]) | set(held["removed_for_overlap"])
-    return set(held["tasks"]), set(catalog.tasks) - out
+    flan2021 = {t for c in catalog.all_clusters() for t in catalog.tasks_in_cluster(c)}
+    return set(held["tasks"]), flan2021 - out
 
 
 @pytest.mark.parametrize("cluster", sorted(FLAN_CLUSTERS))
@@ -186,6 +187,8 @@ def test_every_shipped_spec_plans_offline(catalog, path):
     spec, base = load_spec(path)
     if spec.catalog:  # a spec with its own catalog (mixtures/niv2.yaml: an NIv2 import)
         catalog = load_catalog(base / spec.catalog)
+    if spec.catalogs:  # more catalogs (mixtures/flan2022.yaml: T0-SF and NIv2 imports)
+        catalog = add_catalogs(catalog, {n: base / c for n, c in spec.catalogs.items()})
     if spec.holdout.leave_one_cluster_out:
         spec = spec.model_copy(update={"holdout": spec.holdout.model_copy(update={"clusters": ["nli"], "leave_one_cluster_out": False})})  # fmt: skip
     plan = plan_mixture(spec, catalog, base_dir=base, offline=True, spec_file=str(path))
