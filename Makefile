@@ -7,7 +7,7 @@ OUT    ?= out
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint notebook clean
 
 $(BIN)/flanmix: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# Jupyter (the notebook extra) into the venv, then the quickstart notebook in it
+notebook: install
+	$(BIN)/pip install -q -e '.[notebook]'
+	$(BIN)/jupyter notebook notebooks/quickstart.ipynb
 
 clean:
 	rm -rf $(VENV) $(OUT)
