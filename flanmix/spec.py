@@ -219,6 +219,27 @@ class Output(_Model):
     shard_rows: int = Field(default=100_000, ge=1, description="target rows per shard")
 
 
+class ExecutorSpec(_Model):
+    """Where the compile runs (not what it writes: the shards are the same bytes on every executor,
+    so this is left out of the manifest). ``executor: ray`` is short for ``{kind: ray}``."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = Field(
+        default=None,
+        description="ray: the cluster to join (auto, ray://head:10001); default: a local Ray",
+    )
+    scratch: str | None = Field(
+        default=None,
+        description="a folder or fsspec URL (s3://..., gs://...) all workers can reach, for their "
+        "pieces and shards; default: the staging folder next to OUT (one machine)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+
 class MixtureSpec(_Model):
     """A whole mixture spec (the root node is a :class:`Submix` with global settings around it)."""
 
@@ -273,6 +294,7 @@ class MixtureSpec(_Model):
     formats: Formats = Formats()
     eval: Eval = Eval()
     output: Output = Output()
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec, exclude=True)
     sources: dict[str, str] = Field(
         default_factory=dict,
         description="task -> local data folder (relative to the spec) with <split>.parquet/.jsonl files, overriding the task's source",

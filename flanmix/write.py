@@ -16,7 +16,6 @@ Memory is bounded by one unit per worker and one shard in the merge, whatever th
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -29,9 +28,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import __version__
+from . import __version__, storage
 from .catalog import Catalog, load_catalog
-from .errors import CompileError, FlanmixError, Location
+from .errors import CompileError, Location
+from .executor import Executor, make_executor
 from .mix import Plan, UnitRenderer, WorkerContext, plan_mixture, resolve_holdout
 from .mixture import (
     CARD,
@@ -53,101 +53,82 @@ ROW_GROUP = 10_000
 
 # ----------------------------------------------------------------------------- worker side
 
-_RENDERER: UnitRenderer | None = None
+# Jobs run on an executor (flanmix.executor): every worker builds one UnitRenderer from the
+# WorkerContext, then renders units and writes shards. Pieces and shards go through
+# flanmix.storage, so on a cluster they can live on shared storage (executor.scratch).
 
 
-def _init_worker(ctx: WorkerContext) -> None:
-    global _RENDERER
-    _RENDERER = UnitRenderer(ctx)
+def _init_worker(ctx: WorkerContext) -> UnitRenderer:
+    return UnitRenderer(ctx)
 
 
-def _error_payload(exc: BaseException) -> tuple:
-    if isinstance(exc, FlanmixError):
-        return ("error", type(exc).__name__, exc.message, exc.location, exc.hint)
-    return ("error", "CompileError", f"{type(exc).__name__}: {exc}", Location(), None)
-
-
-def _raise_payload(payload: tuple) -> None:
-    from . import errors
-
-    _, name, message, location, hint = payload
-    cls = getattr(errors, name, CompileError)
-    raise cls(message, location=location, hint=hint)
-
-
-def _render_unit_job(args: tuple) -> tuple:
-    """Render one unit and write its per-shard pieces; returns ("ok", uid, stats, rows) or an error."""
+def _render_unit_job(renderer: UnitRenderer, args: tuple) -> tuple:
+    """Render one unit and write its per-shard pieces; returns (uid, stats, rows)."""
     unit, pieces_dir = args
-    try:
-        cols, stats = _RENDERER.render(unit)
-        nshards = _RENDERER.ctx.shards[unit.split]
-        n = len(cols["example_id"])
-        if n:
-            table = pa.Table.from_pydict(cols, schema=SCHEMA)
-            shard_of = np.array(
-                [int(e[:8], 16) % nshards for e in cols["example_id"]], dtype=np.int64
-            )
-            order = np.argsort(shard_of, kind="stable")
-            bounds = np.searchsorted(shard_of[order], np.arange(nshards + 1))
-            for s in range(nshards):
-                lo, hi = int(bounds[s]), int(bounds[s + 1])
-                if hi > lo:
-                    part = table.take(pa.array(order[lo:hi]))
-                    path = Path(pieces_dir) / unit.split / f"{s:05d}" / f"{unit.uid:07d}.arrow"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as w:
-                        w.write_table(part)
-        return ("ok", unit.uid, stats, n)
-    except BaseException as exc:  # noqa: BLE001 - sent back to the main process
-        return _error_payload(exc)
+    cols, stats = renderer.render(unit)
+    nshards = renderer.ctx.shards[unit.split]
+    n = len(cols["example_id"])
+    if n:
+        table = pa.Table.from_pydict(cols, schema=SCHEMA)
+        shard_of = np.array([int(e[:8], 16) % nshards for e in cols["example_id"]], dtype=np.int64)
+        order = np.argsort(shard_of, kind="stable")
+        bounds = np.searchsorted(shard_of[order], np.arange(nshards + 1))
+        for s in range(nshards):
+            lo, hi = int(bounds[s]), int(bounds[s + 1])
+            if hi > lo:
+                part = table.take(pa.array(order[lo:hi]))
+                path = storage.join(pieces_dir, unit.split, f"{s:05d}", f"{unit.uid:07d}.arrow")
+                with storage.open_output(path) as sink, pa.ipc.new_file(sink, SCHEMA) as w:
+                    w.write_table(part)
+    return (unit.uid, stats, n)
 
 
-def _write_shard_job(args: tuple) -> tuple:
-    """Merge one shard's pieces, order by example_id, write it, hash it."""
-    split, index, count, pieces_dir, out_dir, file_format = args
-    try:
-        folder = Path(pieces_dir) / split / f"{index:05d}"
-        tables = []
-        if folder.exists():
-            for piece in sorted(folder.iterdir()):
-                with pa.memory_map(str(piece)) as src:
-                    tables.append(pa.ipc.open_file(src).read_all())
-        table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-        if table.num_rows:
-            import pyarrow.compute as pc
+def _write_shard(table: pa.Table, path: str, file_format: str) -> None:
+    if file_format == "parquet":
+        import pyarrow.parquet as pq
 
-            table = table.take(pc.sort_indices(table, sort_keys=[("example_id", "ascending")]))
-        table = table.combine_chunks()
-        name = shard_name(split, index, count, file_format)
-        path = Path(out_dir) / name
-        if file_format == "parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(
-                table,
-                str(path),
-                row_group_size=ROW_GROUP,
-                compression="zstd",
-                use_dictionary=True,
-                write_statistics=True,
-                store_schema=True,
-            )
-        else:
-            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as w:
-                for batch in table.to_batches(max_chunksize=ROW_GROUP):
-                    w.write_batch(batch)
-        shutil.rmtree(folder, ignore_errors=True)
-        return (
-            "ok",
-            {
-                "file": name,
-                "rows": table.num_rows,
-                "sha256": sha256_file(path),
-                "bytes": path.stat().st_size,
-            },
+        pq.write_table(
+            table,
+            path,
+            row_group_size=ROW_GROUP,
+            compression="zstd",
+            use_dictionary=True,
+            write_statistics=True,
+            store_schema=True,
         )
-    except BaseException as exc:  # noqa: BLE001
-        return _error_payload(exc)
+    else:
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as w:
+            for batch in table.to_batches(max_chunksize=ROW_GROUP):
+                w.write_batch(batch)
+
+
+def _write_shard_job(_renderer: UnitRenderer, args: tuple) -> dict[str, Any]:
+    """Merge one shard's pieces, order by example_id, write it to ``out_dir``, hash it."""
+    split, index, count, pieces_dir, out_dir, file_format = args
+    folder = storage.join(pieces_dir, split, f"{index:05d}")
+    tables = [storage.read_arrow(piece) for piece in storage.list_files(folder)]
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    del tables
+    if table.num_rows:
+        import pyarrow.compute as pc
+
+        table = table.take(pc.sort_indices(table, sort_keys=[("example_id", "ascending")]))
+    table = table.combine_chunks()
+    name = shard_name(split, index, count, file_format)
+    if storage.is_url(out_dir):  # written here, then copied to shared storage
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="flanmix-shard-") as local:
+            path = Path(local) / name
+            _write_shard(table, str(path), file_format)
+            entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            storage.put(path, storage.join(out_dir, name))
+    else:
+        path = Path(out_dir) / name
+        _write_shard(table, str(path), file_format)
+        entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    storage.remove(folder)
+    return {"file": name, "rows": table.num_rows, **entry}
 
 
 # ----------------------------------------------------------------------------- main side
@@ -162,16 +143,6 @@ def _stall_point(stage: str) -> None:
     if name == stage and marker:
         Path(marker).touch()
         time.sleep(3600)
-
-
-def _run_jobs(fn: Callable, jobs: list, pool) -> list:
-    results = []
-    it = pool.imap(fn, jobs, chunksize=1) if pool is not None else map(fn, jobs)
-    for res in it:
-        if res[0] == "error":
-            _raise_payload(res)
-        results.append(res)
-    return results
 
 
 def _template_lines(catalog: Catalog, names: set[str]) -> dict[tuple[str, str], int | None]:
@@ -189,7 +160,7 @@ def _stats_from(results: list, plan: Plan) -> dict[str, Any]:
     redrawn: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
     fallback: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
     unit_split = {u.uid: u.split for u in plan.units}
-    for _, uid, stats, _n in results:
+    for uid, stats, _n in results:
         split = unit_split[uid]
         kept[split].update(stats["kept"])
         dropped[split].update(stats["dropped"])
@@ -283,6 +254,9 @@ def compile_mixture(
     overwrite: bool = False,
     base_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    executor: str | Executor | None = None,
+    ray_address: str | None = None,
+    scratch: str | None = None,
     _fail_after_units: int | None = None,
 ) -> dict[str, Any]:
     """Compile a mixture spec into ``out_dir``; returns the manifest.
@@ -290,6 +264,10 @@ def compile_mixture(
     Nothing is published unless everything succeeded: on any error the temporary directory is
     removed and ``out_dir`` is untouched. With ``holdout.leave_one_cluster_out`` one mixture is
     written per training cluster under ``out_dir/<cluster>/`` and an index manifest is returned.
+
+    ``executor`` (``local``, ``ray`` or an :class:`~flanmix.executor.Executor`), ``ray_address`` and
+    ``scratch`` (a folder or fsspec URL for the workers' pieces and shards) override the spec's
+    ``executor:``; the shards are the same bytes on every executor.
     """
     spec_file = None
     if isinstance(spec, MixtureSpec):
@@ -308,19 +286,27 @@ def compile_mixture(
         catalog = add_catalogs(catalog, {n: base / c for n, c in spec.catalogs.items()})
     protect = [spec_file, catalog.root, *(base / p for p in spec.sources.values())]
     protect += [base / c for c in spec.catalogs.values()]
+    run = _executor(spec, executor, workers, ray_address, scratch)
     try:
-        with claim(
-            out_dir, overwrite=overwrite, protect=protect, what="the mixture", error=CompileError
-        ) as out:
+        with (
+            run,
+            claim(
+                out_dir,
+                overwrite=overwrite,
+                protect=protect,
+                what="the mixture",
+                error=CompileError,
+            ) as out,
+        ):
             if spec.holdout.leave_one_cluster_out:
                 return _compile_loco(
-                    spec, out, catalog, workers, offline, overwrite, base, spec_file, log
+                    spec, out, catalog, run, offline, overwrite, base, spec_file, log
                 )
             return _compile_one(
                 spec,
                 out,
                 catalog,
-                workers,
+                run,
                 offline,
                 overwrite,
                 base,
@@ -333,7 +319,17 @@ def compile_mixture(
         raise os_error(exc, out_dir) from exc
 
 
-def _compile_loco(spec, out, catalog, workers, offline, overwrite, base, spec_file, log):
+def _executor(spec: MixtureSpec, kind, workers, address, scratch) -> Executor:
+    """The executor of a compile: the caller's choice, else the spec's ``executor:``."""
+    if kind is not None and not isinstance(kind, str):
+        return kind
+    conf = spec.executor
+    kind = kind or ("ray" if address else conf.kind)  # --ray-address implies ray
+    address = address or (conf.address if kind == conf.kind else None)
+    return make_executor(kind, workers=workers, address=address, scratch=scratch or conf.scratch)
+
+
+def _compile_loco(spec, out, catalog, executor, offline, overwrite, base, spec_file, log):
     from .mix import _expand
 
     def tasks_of(node, where: str) -> list[str]:  # the root's tasks and every submix's
@@ -353,7 +349,9 @@ def _compile_loco(spec, out, catalog, workers, offline, overwrite, base, spec_fi
         )
     if out.exists() and not overwrite:
         raise CompileError(
-            "already exists", location=Location(file=str(out)), hint="pass --overwrite to replace it"
+            "already exists",
+            location=Location(file=str(out)),
+            hint="pass --overwrite to replace it",
         )
     # every mixture is built inside one temporary folder, published whole with loco.json last
     tmp = tmp_dir_for(out)
@@ -361,7 +359,7 @@ def _compile_loco(spec, out, catalog, workers, offline, overwrite, base, spec_fi
     tmp.mkdir(parents=True)
     try:
         index = _compile_loco_into(
-            tmp, spec, clusters, catalog, workers, offline, base, spec_file, log
+            tmp, spec, clusters, catalog, executor, offline, base, spec_file, log
         )
         publish_dir(tmp, out)
     except BaseException:
@@ -370,7 +368,7 @@ def _compile_loco(spec, out, catalog, workers, offline, overwrite, base, spec_fi
     return index
 
 
-def _compile_loco_into(tmp, spec, clusters, catalog, workers, offline, base, spec_file, log):
+def _compile_loco_into(tmp, spec, clusters, catalog, executor, offline, base, spec_file, log):
     index = {
         "format_version": FORMAT_VERSION,
         "kind": "leave_one_cluster_out",
@@ -390,7 +388,7 @@ def _compile_loco_into(tmp, spec, clusters, catalog, workers, offline, base, spe
         if log:
             log(f"== holding out {c}")
         m = manifests[c] = _compile_one(
-            sub, tmp / c, catalog, workers, offline, True, base, spec_file, log, None, None
+            sub, tmp / c, catalog, executor, offline, True, base, spec_file, log, None, None
         )
         index["mixtures"][c] = {
             "path": c,
@@ -405,14 +403,16 @@ def _compile_loco_into(tmp, spec, clusters, catalog, workers, offline, base, spe
 
 
 def _compile_one(
-    spec, out, catalog, workers, offline, overwrite, base, spec_file, log, holdout, fail_after
+    spec, out, catalog, executor, offline, overwrite, base, spec_file, log, holdout, fail_after
 ):
     out = out.resolve() if out.exists() else Path(os.path.abspath(out))
     say = log or (lambda s: None)
     clean_stale(out)
     if out.exists() and not overwrite:
         raise CompileError(
-            "already exists", location=Location(file=str(out)), hint="pass --overwrite to replace it"
+            "already exists",
+            location=Location(file=str(out)),
+            hint="pass --overwrite to replace it",
         )
     plan = plan_mixture(  # checks every source first (pre-flight): nothing is written on failure
         spec, catalog, base_dir=base, offline=offline, spec_file=spec_file, holdout_override=holdout
@@ -430,7 +430,6 @@ def _compile_one(
         if why.startswith("source error"):
             role, task = key.split(":", 1)
             say(f"NOTE: {task} skipped ({role}, on_source_error: skip): {why}")
-    workers = max(1, workers or os.cpu_count() or 1)
     names = {tp.task for tp in plan.tasks.values()}
     ctx = WorkerContext(
         spec=spec,
@@ -446,51 +445,62 @@ def _compile_one(
     tmp.mkdir(parents=True)
     try:
         return _render_and_publish(
-            spec, plan, ctx, workers, tmp, out, offline, spec_file, say, fail_after
+            spec, plan, ctx, executor, tmp, out, offline, spec_file, say, fail_after
         )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _render_and_publish(spec, plan, ctx, workers, tmp, out, offline, spec_file, say, fail_after):
-    pieces = tmp / "pieces"
-    pool = None
+def _render_and_publish(spec, plan, ctx, executor, tmp, out, offline, spec_file, say, fail_after):
+    # pieces and shards of the workers: in the staging folder, or under the executor's scratch
+    # (shared storage on a cluster), from which the shards are copied into the staging folder
+    scratch = getattr(executor, "scratch", None)
+    work = (
+        storage.join(scratch, f"flanmix-{out.name}-{os.getpid()}-{time.time_ns()}")
+        if scratch
+        else None
+    )
+    pieces = storage.join(work, "pieces") if work else str(tmp / "pieces")
     try:
-        if workers > 1 and len(plan.units) > 1:
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(ctx,))
-        else:
-            _init_worker(ctx)
-        jobs = [(u, str(pieces)) for u in plan.units]
-        if fail_after is not None:  # tests: an injected failure after some units
-            jobs = jobs[:fail_after]
-        say(f"rendering {len(plan.units)} units with {workers} worker(s)")
-        results = _run_jobs(_render_unit_job, jobs, pool)
-        _stall_point("pieces")
-        if fail_after is not None:
-            raise CompileError(f"injected failure after {fail_after} units")
-        stats = _stats_from(results, plan)
-        if stats["counts"]["train"]["task"] == {}:
-            raise CompileError(
-                "empty mixture: every training row was skipped",
-                location=Location(file=spec_file),
-                hint="see the reasons: " + json.dumps(stats["dropped"]["train"])[:300],
-            )
-        shard_jobs = [
-            (split, i, plan.shards[split], str(pieces), str(tmp), spec.output.format)
-            for split in ("train", "eval")
-            for i in range(plan.shards[split])
-        ]
-        say(f"writing {len(shard_jobs)} shard(s)")
-        shard_results = _run_jobs(_write_shard_job, shard_jobs, pool)
+        with executor.start(_init_worker, ctx, len(plan.units)) as workers:
+            jobs = [(u, pieces) for u in plan.units]
+            if fail_after is not None:  # tests: an injected failure after some units
+                jobs = jobs[:fail_after]
+            kind = "" if executor.name == "local" else f"{executor.name} "
+            say(f"rendering {len(plan.units)} units with {workers.count} {kind}worker(s)")
+            results = list(workers.map(_render_unit_job, jobs))
+            _stall_point("pieces")
+            if fail_after is not None:
+                raise CompileError(f"injected failure after {fail_after} units")
+            stats = _stats_from(results, plan)
+            if stats["counts"]["train"]["task"] == {}:
+                raise CompileError(
+                    "empty mixture: every training row was skipped",
+                    location=Location(file=spec_file),
+                    hint="see the reasons: " + json.dumps(stats["dropped"]["train"])[:300],
+                )
+            shard_dir = storage.join(work, "shards") if work else str(tmp)
+            shard_jobs = [
+                (split, i, plan.shards[split], pieces, shard_dir, spec.output.format)
+                for split in ("train", "eval")
+                for i in range(plan.shards[split])
+            ]
+            say(f"writing {len(shard_jobs)} shard(s)")
+            shard_results = list(workers.map(_write_shard_job, shard_jobs))
+        if work:
+            for entry in shard_results:
+                got = storage.get(storage.join(shard_dir, entry["file"]), tmp / entry["file"])
+                if got != entry["sha256"]:
+                    raise CompileError(
+                        f"shard {entry['file']} changed on its way from {shard_dir}",
+                        hint="check the scratch storage",
+                    )
         _stall_point("shards")
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    shutil.rmtree(pieces, ignore_errors=True)
+        storage.remove(work or pieces)
     splits: dict[str, Any] = {}
-    for (split, *_), (_, entry) in zip(shard_jobs, shard_results, strict=True):
+    for (split, *_), entry in zip(shard_jobs, shard_results, strict=True):
         splits.setdefault(split, {"shards": [], "rows": 0})
         splits[split]["shards"].append(entry)
         splits[split]["rows"] += entry["rows"]

@@ -1,0 +1,351 @@
+"""Where a compile's jobs run: an :class:`Executor` maps a job function over picklable jobs.
+
+Every worker builds its state once, ``setup(context)`` (for the compile: a unit renderer from the
+plan's :class:`~flanmix.mix.WorkerContext`), then runs ``fn(state, job)`` for the jobs it is given.
+``fn`` and ``setup`` are module-level functions, so they travel by name. Results come back in the
+order of the jobs, so what is written never depends on the executor or the number of workers.
+
+A job that raises stops the run: the caller gets the same flanmix error (class, message, location
+and hint; any other exception becomes a :class:`~flanmix.errors.CompileError` naming its type),
+the workers are stopped, and the caller's ``finally`` blocks remove what it staged.
+
+- :class:`LocalExecutor`: spawned processes on this machine, at most one per core and per job; a
+  single worker runs the jobs in the calling process.
+- :class:`RayExecutor`: one Ray actor per worker (``num_cpus=1``), on a Ray started for the compile
+  or on the cluster at ``address`` (``ray.init(address=...)``); needs ``pip install 'flanmix[ray]'``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol, TypeVar
+
+from .errors import CompileError, FlanmixError, Location
+
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "Workers", "make_executor", "EXECUTORS"]
+
+S = TypeVar("S")  # a worker's state
+J = TypeVar("J")  # a job
+R = TypeVar("R")  # a job's result
+
+EXECUTORS = ("local", "ray")
+
+
+class Workers(Protocol):
+    """Started workers, each holding its state: run jobs on them."""
+
+    count: int
+
+    def map(self, fn: Callable[[Any, J], R], jobs: Iterable[J]) -> Iterator[R]:
+        """``fn(state, job)`` for every job, results in job order; a job's error is raised here."""
+        ...
+
+
+class Executor(Protocol):
+    """Starts workers. Used as a context manager around everything it runs (closes what it opened)."""
+
+    name: str
+    scratch: str | None  # a folder or fsspec URL for the workers' files; None: the staging folder
+
+    def start(
+        self, setup: Callable[[Any], Any], context: Any, max_jobs: int
+    ) -> AbstractContextManager[Workers]:
+        """Workers that each ran ``setup(context)``; at most ``max_jobs`` of them are useful."""
+        ...
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+# ----------------------------------------------------------------------------- errors across processes
+
+
+def _error_payload(exc: BaseException) -> tuple:
+    if isinstance(exc, FlanmixError):
+        cls = type(exc)
+        return ("error", cls.__module__, cls.__qualname__, exc.message, exc.location, exc.hint)
+    text = f"{type(exc).__name__}: {exc}"
+    return ("error", CompileError.__module__, "CompileError", text, Location(), None)
+
+
+def _raise_payload(payload: tuple) -> None:
+    _, module, name, message, location, hint = payload
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        cls = CompileError
+    if not (isinstance(cls, type) and issubclass(cls, FlanmixError)):
+        cls = CompileError
+    raise cls(message, location=location, hint=hint)
+
+
+def _call(fn: Callable, state: Any, job: Any) -> tuple:
+    try:
+        return ("ok", fn(state, job))
+    except BaseException as exc:  # noqa: BLE001 - sent back to the caller, raised there
+        return _error_payload(exc)
+
+
+def _unwrap(result: tuple) -> Any:
+    if result[0] == "error":
+        _raise_payload(result)
+    return result[1]
+
+
+# ----------------------------------------------------------------------------- local processes
+
+_STATE: Any = None
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the process that started it dies, even by SIGKILL,
+    so no worker keeps running for nobody."""
+    try:
+        import ctypes
+        import signal
+
+        parent = mp.parent_process()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl
+        os._exit(1)
+
+
+def _local_init(setup: Callable, context: Any) -> None:
+    global _STATE
+    _die_with_parent()
+    _STATE = setup(context)
+
+
+def _local_job(item: tuple) -> tuple:
+    fn, job = item
+    return _call(fn, _STATE, job)
+
+
+class _InProcess:
+    def __init__(self, state: Any):
+        self.count = 1
+        self._state = state
+
+    def map(self, fn, jobs):
+        for job in jobs:
+            yield _unwrap(_call(fn, self._state, job))
+
+
+class _Pool:
+    def __init__(self, pool, count: int):
+        self.count = count
+        self._pool = pool
+
+    def map(self, fn, jobs):
+        for result in self._pool.imap((_local_job), ((fn, j) for j in jobs), chunksize=1):
+            yield _unwrap(result)
+
+
+class LocalExecutor:
+    """Spawned worker processes on this machine: ``workers`` (default: every core), never more than
+    the cores or the jobs; one worker runs in the calling process. Workers die with the caller
+    (Linux), and are stopped when the run ends, fails, or is interrupted (Ctrl-C, SIGTERM)."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, scratch: str | None = None):
+        self.workers = workers
+        self.scratch = scratch
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def count(self, max_jobs: int) -> int:
+        cores = os.cpu_count() or 1
+        return max(1, min(self.workers or cores, cores, max_jobs))
+
+    @contextmanager
+    def start(self, setup, context, max_jobs):
+        n = self.count(max_jobs)
+        if n == 1:
+            yield _InProcess(setup(context))
+            return
+        pool = mp.get_context("spawn").Pool(n, initializer=_local_init, initargs=(setup, context))
+        try:
+            yield _Pool(pool, n)
+        finally:
+            pool.terminate()
+            pool.join()
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+class _RayWorker:
+    """One Ray actor: builds its state once, then runs jobs. Errors come back as payloads."""
+
+    def __init__(self, setup: Callable, context: Any, env: dict[str, str], cwd: str):
+        os.environ.update(env)  # FLANMIX_* and HF_* settings of the caller
+        if os.path.isdir(cwd):  # relative source paths mean the same as for the caller
+            os.chdir(cwd)
+        self._state = None
+        self._error: tuple | None = None
+        try:
+            self._state = setup(context)
+        except BaseException as exc:  # noqa: BLE001 - reported by the first job
+            self._error = _error_payload(exc)
+
+    def run(self, fn: Callable, job: Any) -> tuple:
+        if self._error is not None:
+            return self._error
+        return _call(fn, self._state, job)
+
+
+class _RayWorkers:
+    DEPTH = 2  # jobs queued per actor, so an actor never waits for the caller between jobs
+
+    def __init__(self, ray, actors: list):
+        self.count = len(actors)
+        self._ray = ray
+        self._actors = actors
+
+    def map(self, fn, jobs):
+        ray = self._ray
+        todo = enumerate(jobs)
+        pending: dict[Any, tuple[int, Any]] = {}
+        load = {id(a): 0 for a in self._actors}
+        done: dict[int, tuple] = {}
+        nxt = 0
+
+        def submit() -> None:
+            for actor in self._actors:
+                while load[id(actor)] < self.DEPTH:
+                    item = next(todo, None)
+                    if item is None:
+                        return
+                    pending[actor.run.remote(fn, item[1])] = (item[0], actor)
+                    load[id(actor)] += 1
+
+        submit()
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                index, actor = pending.pop(ref)
+                load[id(actor)] -= 1
+                try:
+                    done[index] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    raise CompileError(
+                        f"a Ray worker failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                        hint="see the Ray logs (ray logs, or /tmp/ray/session_latest/logs)",
+                    ) from None
+            submit()
+            while nxt in done:
+                yield _unwrap(done.pop(nxt))
+                nxt += 1
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise CompileError(
+            "the ray executor needs the ray package",
+            hint="pip install 'flanmix[ray]'",
+        ) from exc
+    return ray
+
+
+class RayExecutor:
+    """Ray actors, one per worker (``num_cpus=1`` each): ``workers`` of them (default: the CPUs of
+    the cluster, never more than the jobs). ``address`` (``auto``, ``ray://head:10001``) joins a
+    running cluster; without it a Ray already initialised in this process is used, or a local one
+    is started for the compile (``workers`` CPUs) and shut down after it."""
+
+    name = "ray"
+
+    def __init__(
+        self, workers: int | None = None, address: str | None = None, scratch: str | None = None
+    ):
+        self.workers = workers
+        self.address = address
+        self.scratch = scratch
+        self._ray = None
+        self._owned = False
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._owned and self._ray is not None:
+            self._ray.shutdown()
+        self._ray, self._owned = None, False
+
+    def _connect(self):
+        if self._ray is not None:
+            return self._ray
+        ray = _import_ray()
+        if not ray.is_initialized():
+            import logging
+
+            kwargs: dict[str, Any] = dict(
+                include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+            )
+            if self.address:
+                kwargs["address"] = self.address
+            else:
+                kwargs["num_cpus"] = self.workers or os.cpu_count() or 1
+            try:
+                ray.init(**kwargs)
+            except Exception as exc:  # noqa: BLE001 - connection refused, bad address ...
+                raise CompileError(
+                    f"cannot start or reach Ray: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                    hint="check --ray-address (ray status on the head node)",
+                ) from None
+            self._owned = True
+        self._ray = ray
+        return ray
+
+    def count(self, max_jobs: int) -> int:
+        ray = self._connect()
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        return max(1, min(self.workers or cpus, max_jobs))
+
+    @contextmanager
+    def start(self, setup, context, max_jobs):
+        ray = self._connect()
+        n = self.count(max_jobs)
+        actor = ray.remote(num_cpus=1)(_RayWorker)
+        env = {k: v for k, v in os.environ.items() if k.startswith(("FLANMIX_", "HF_"))}
+        ref = ray.put(context)  # sent once, shared by the actors on a node
+        actors = [actor.remote(setup, ref, env, os.getcwd()) for _ in range(n)]
+        try:
+            yield _RayWorkers(ray, actors)
+        finally:
+            for a in actors:
+                ray.kill(a)
+
+
+def make_executor(
+    kind: str = "local",
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    scratch: str | None = None,
+) -> LocalExecutor | RayExecutor:
+    """The executor named ``kind`` (``local`` or ``ray``); ``scratch``: a folder or fsspec URL for
+    the workers' pieces and shards (default: the staging folder next to OUT)."""
+    if kind == "local":
+        if address:
+            raise CompileError(
+                "a Ray address needs the ray executor", hint="add --executor ray (or executor: ray)"
+            )
+        return LocalExecutor(workers, scratch)
+    if kind == "ray":
+        return RayExecutor(workers, address, scratch)
+    raise CompileError(f"unknown executor {kind!r}", hint="use one of: " + ", ".join(EXECUTORS))

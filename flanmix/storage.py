@@ -1,0 +1,111 @@
+"""Where workers put their files: a local folder or any fsspec URL (``s3://``, ``gs://``, ``file://``).
+
+A compile's workers write unit pieces and shards through these few functions, so a cluster can use
+shared storage for them (``executor.scratch`` in the spec, ``--scratch`` on the command line) while
+a local compile keeps its plain files inside the staging folder next to OUT. Local paths go
+straight to the file system (memory-mapped reads, no fsspec on the hot path); URLs go through
+fsspec, which ``datasets`` already installs (``s3fs``/``gcsfs`` are needed for those schemes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["is_url", "join", "open_output", "read_arrow", "list_files", "remove", "put", "get"]
+
+
+def is_url(location: str | Path) -> bool:
+    """True for ``scheme://...`` locations, which go through fsspec."""
+    return "://" in str(location)
+
+
+def join(base: str | Path, *parts: str) -> str:
+    if is_url(base):
+        return "/".join([str(base).rstrip("/"), *parts])
+    return str(Path(base, *parts))
+
+
+def _fs(url: str) -> tuple[Any, str]:
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(url)
+
+
+@contextmanager
+def open_output(location: str) -> IO[bytes]:
+    """A binary file to write at ``location`` (its folders are made)."""
+    if is_url(location):
+        fs, path = _fs(location)
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        with fs.open(path, "wb") as fh:
+            yield fh
+    else:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        with open(location, "wb") as fh:
+            yield fh
+
+
+def read_arrow(location: str):
+    """The table in an Arrow IPC file (memory-mapped when local)."""
+    import pyarrow as pa
+
+    if is_url(location):
+        fs, path = _fs(location)
+        with fs.open(path, "rb") as fh:
+            return pa.ipc.open_file(pa.BufferReader(fh.read())).read_all()
+    with pa.memory_map(location) as src:
+        return pa.ipc.open_file(src).read_all()
+
+
+def list_files(folder: str) -> list[str]:
+    """The files directly in ``folder``, sorted by name; empty when it does not exist."""
+    if is_url(folder):
+        fs, path = _fs(folder)
+        if not fs.exists(path):
+            return []
+        names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        return [join(folder, n) for n in names]
+    if not os.path.isdir(folder):
+        return []
+    return [str(Path(folder, n)) for n in sorted(os.listdir(folder))]
+
+
+def remove(location: str) -> None:
+    """Remove a folder flanmix made (missing is fine)."""
+    if is_url(location):
+        fs, path = _fs(location)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    else:
+        shutil.rmtree(location, ignore_errors=True)
+
+
+def put(local: str | Path, location: str) -> None:
+    """Copy a local file to ``location``."""
+    if is_url(location):
+        fs, path = _fs(location)
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(local), path)
+    else:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, location)
+
+
+def get(location: str, local: str | Path) -> str:
+    """Copy ``location`` to a local file; returns its sha256."""
+    h = hashlib.sha256()
+    if is_url(location):
+        fs, path = _fs(location)
+        src = fs.open(path, "rb")
+    else:
+        src = open(location, "rb")  # noqa: SIM115 - closed below
+    with src, open(local, "wb") as dst:
+        while block := src.read(1 << 20):
+            h.update(block)
+            dst.write(block)
+    return h.hexdigest()

@@ -1,0 +1,174 @@
+"""The Ray executor writes the same bytes as local processes, and a killed Ray compile leaves no OUT.
+
+A local Ray (``num_cpus=2``, no dashboard) is started once for the module; starting it takes
+several seconds, so these tests are slow-marked. Skipped when ray is not installed (``flanmix[ray]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from flanmix.catalog import load_catalog
+from flanmix.errors import CompileError, Location, TemplateError
+from flanmix.executor import make_executor
+from flanmix.mixture import Mixture
+from flanmix.write import compile_mixture
+from tests.test_mix import FIXTURE, make_spec, write_sources
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog(FIXTURE)
+
+
+def _spec(sources, **kw):
+    """Few-shot, options in several named styles, inverted templates, several shards per split."""
+    base = dict(
+        cap=2000,
+        total_rows=None,
+        sources=sources,
+        holdout={"clusters": ["qa"]},
+        formats={
+            "few_shot": 0.4,
+            "k": 2,
+            "options": 0.8,
+            "options_styles": ["flan", "letter_paren", "number_dot"],
+        },
+        templates={"mode": "random", "inverted": 0.3},
+        eval={"few_shot": 1},
+        output={"shard_rows": 500},
+    )
+    base.update(kw)
+    return make_spec(**base)
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    """sha256 of every shard under ``root`` (a mixture or a leave-one-cluster-out root)."""
+    out = {}
+    for manifest in sorted(root.rglob("manifest.json")):
+        for split, info in json.loads(manifest.read_text())["splits"].items():
+            for s in info["shards"]:
+                out[f"{manifest.parent.relative_to(root)}/{split}/{s['file']}"] = s["sha256"]
+    return out
+
+
+def test_ray_and_local_write_the_same_bytes(tmp_path, catalog, local_ray):
+    sources = write_sources(tmp_path / "src", n=2000, n_eval=200)
+    spec = _spec(sources)
+    kw = dict(catalog=catalog, workers=2, base_dir=tmp_path)
+    local = compile_mixture(spec, tmp_path / "local", executor="local", **kw)
+    on_ray = compile_mixture(spec, tmp_path / "ray", executor="ray", **kw)
+    assert (
+        len(local["splits"]["train"]["shards"]) > 1 and len(local["splits"]["eval"]["shards"]) > 1
+    )
+    assert local["counts"]["train"]["format"].keys() >= {"fs_opt", "zs_opt", "zs_noopt"}
+    assert on_ray["splits"] == local["splits"]  # names, rows and sha256 of every shard
+    assert (tmp_path / "ray" / "manifest.json").read_bytes() == (
+        tmp_path / "local" / "manifest.json"
+    ).read_bytes()
+    assert Mixture.open(tmp_path / "ray").verify() == []
+
+    # leave-one-cluster-out, with the workers' pieces and shards on fsspec storage (file://)
+    loco = _spec(sources, holdout={"leave_one_cluster_out": True, "on_overlap": "allow"})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    compile_mixture(loco, tmp_path / "loco_local", executor="local", **kw)
+    compile_mixture(loco, tmp_path / "loco_ray", executor="ray", scratch=scratch.as_uri(), **kw)
+    want = _hashes(tmp_path / "loco_local")
+    assert {k.split("/")[0] for k in want} == {"nli", "para", "qa", "sentiment"}  # one each
+    assert _hashes(tmp_path / "loco_ray") == want
+    assert list(scratch.iterdir()) == []  # the compile removed what it put there
+
+
+def _setup(context: int) -> int:
+    return context
+
+
+def _job(state: int, job: int) -> int:
+    if job == 3:
+        where = Location(file="t.yaml", line=7, task="ent")
+        raise TemplateError("cannot render", location=where, hint="fix it")
+    if job == 4:
+        raise ValueError("plain")
+    time.sleep(0.01 * (job % 3))  # finish out of order
+    return state + job
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_executor_keeps_job_order_and_located_errors(kind, local_ray):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers lack tests/
+    with make_executor(kind, workers=2) as executor, executor.start(_setup, 100, 8) as workers:
+        assert workers.count == 2
+        assert list(workers.map(_job, [0, 1, 2, 5, 6, 7, 8])) == [100, 101, 102, 105, 106, 107, 108]
+        with pytest.raises(TemplateError) as info:
+            list(workers.map(_job, range(6)))
+        assert str(info.value) == "t.yaml:7 task=ent: cannot render\n  hint: fix it"
+        with pytest.raises(CompileError, match="^ValueError: plain$"):
+            list(workers.map(_job, [4]))
+        assert list(workers.map(_job, [1])) == [101]  # the workers survive a job's error
+
+
+def test_killed_ray_compile_leaves_no_out(tmp_path):
+    sources = write_sources(tmp_path / "src", n=20_000, n_eval=100)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        textwrap.dedent(f"""\
+        name: killed
+        catalog: {FIXTURE}
+        clusters: all
+        cap: 20000
+        holdout: {{clusters: [qa]}}
+        sources: {json.dumps(sources)}
+        output: {{shard_rows: 10000}}
+        executor: ray
+        """)
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "flanmix.cli", "compile", str(spec_file), "-o", str(out)]
+    cmd += ["--workers", "2"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    for stage in ("pieces", "publish"):
+        marker = tmp_path / f"stalled-{stage}"
+        proc = subprocess.Popen(
+            cmd,
+            env={**env, "FLANMIX_STALL_AT": f"{stage}:{marker}"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), f"compile never reached {stage}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not out.exists()
+    done = subprocess.run(cmd + ["--quiet"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert Mixture.open(out).verify() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out",
+        "spec.yaml",
+        "src",
+        "stalled-pieces",
+        "stalled-publish",
+    ]  # the killed runs' staging folders were removed by the rerun
