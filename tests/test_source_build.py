@@ -34,6 +34,11 @@ EXPECTED_ROWS = {
     "multi_news": ("multi_news", {"train": 1, "validation": 1, "test": 1}),
     "quac": ("quac", {"train": 1, "validation": 1}),
     "samsum": ("samsum", {"train": 2, "validation": 1, "test": 1}),
+    # FLAN v2's chain-of-thought TSVs (flan/v2/cot_data/*_train.tsv): training rows only
+    **{
+        f"cot_{n}": ("cot", {"train": 2})
+        for n in ("creak", "ecqa", "esnli", "sensemaking", "aqua", "qed")
+    },
 }
 
 
@@ -237,3 +242,20 @@ def test_missing_local_files_hint_at_the_build(tmp_path):
     with pytest.raises(SourceError) as info:
         resolve_source(task, "train", base_dir=tmp_path, hub=HubState(False))
     assert "flanmix sources build opinion_abstracts_idebate --from DIR" in str(info.value)
+
+
+def test_cot_tsv_restores_line_breaks_and_refuses_a_short_line(tmp_path):
+    rows = _rows(
+        build(_task("cot_aqua"), FIXTURES / "cot", tmp_path) and tmp_path / "train.parquet"
+    )
+    assert rows[1] == {
+        "question": "If 3x = 12, what is x?\nOptions:\n(A) 2\n(B) 3\n(C) 4\n(D) 5\n(E) 6",
+        "answer": "(C)",
+        "rationale": "x = 12 / 3\nx = 4",
+    }
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "qed_train.tsv").write_text("a question\tits answer\n")
+    with pytest.raises(SourceError, match="line 1: 2 tab-separated columns, expected 3"):
+        build(_task("cot_qed"), bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
