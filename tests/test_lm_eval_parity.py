@@ -171,3 +171,45 @@ def test_export_runs_in_lm_eval_with_flanmix_numbers(saved, tmp_path):
     assert results["flanmix_sentiment"]["score,none"] == pytest.approx(flanmix_acc)
     assert {"exact_match,none", "f1,none", "bleu,none"} <= set(results["flanmix_copy"])
     assert "score,none" in results["flanmix_struct_to_text"]
+
+
+ARCHITECTURES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"),
+    "phi": ("PhiConfig", "PhiForCausalLM"),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_shared_prompt_pass_on_each_plain_head_architecture(arch):
+    """The KV-cache path (left-padded prompts, explicit positions) gives one-pass-per-option scores
+    on every architecture it is used for."""
+    import transformers
+
+    from flanmix.models import PLAIN_HEAD_MODEL_TYPES
+    from flanmix.rank import Encoded
+
+    assert arch in PLAIN_HEAD_MODEL_TYPES
+    config_cls, model_cls = (getattr(transformers, n) for n in ARCHITECTURES[arch])
+    shape = {"vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
+    shape["num_key_value_heads"] = 2  # grouped-query attention where the architecture has it
+    if arch == "gpt2":
+        shape = {"vocab_size": 97, "n_embd": 32, "n_layer": 2, "n_head": 4}
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**shape, intermediate_size=64)).eval()
+    gen = torch.Generator().manual_seed(1)
+
+    def ids(n):
+        return torch.randint(1, 97, (n,), generator=gen).tolist()
+
+    rows = [
+        Encoded(ids(n), sep, [ids(k) for k in opts])
+        for n, sep, opts in [(9, 1, (1, 3, 2)), (4, 0, (2, 2)), (13, 2, (1, 1, 1, 4)), (6, 1, (5,))]
+    ]
+    shared = option_logprobs(model, "causal", rows, pad_id=0, batch_size=3)
+    pairwise = option_logprobs(model, "causal", rows, pad_id=0, batch_size=4, share_prompt=False)
+    for a, b in zip(shared, pairwise, strict=True):
+        assert [s for s, _ in a] == pytest.approx([s for s, _ in b], abs=TOL)
