@@ -180,6 +180,11 @@ ARCHITECTURES = {
     "mistral": ("MistralConfig", "MistralForCausalLM"),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM"),
     "phi": ("PhiConfig", "PhiForCausalLM"),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "olmo": ("OlmoConfig", "OlmoForCausalLM"),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM"),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM"),
 }
 
 
@@ -199,7 +204,10 @@ def test_shared_prompt_pass_on_each_plain_head_architecture(arch):
     if arch == "gpt2":
         shape = {"vocab_size": 97, "n_embd": 32, "n_layer": 2, "n_head": 4}
     torch.manual_seed(0)
-    model = model_cls(config_cls(**shape, intermediate_size=64)).eval()
+    config = config_cls(
+        **shape, intermediate_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2
+    )
+    model = model_cls(config).eval()
     gen = torch.Generator().manual_seed(1)
 
     def ids(n):
