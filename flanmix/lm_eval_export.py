@@ -267,11 +267,11 @@ def export_lm_eval(
     if dest.exists():
         if not overwrite:
             raise LmEvalExportError(
-                f"{dest} exists", location=Location(file=str(dest)), hint="pass --overwrite"
+                "already exists", location=Location(file=str(dest)), hint="pass --overwrite"
             )
         if not (dest / MARKER).is_file():
             raise LmEvalExportError(
-                f"{dest} exists and is not an lm-eval export flanmix wrote (no {MARKER})",
+                f"exists and is not an lm-eval export flanmix wrote (no {MARKER})",
                 location=Location(file=str(dest)),
                 hint="choose another destination",
             )

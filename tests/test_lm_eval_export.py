@@ -98,7 +98,7 @@ def test_overwrite_only_replaces_an_lm_eval_export(tmp_path):
         export_lm_eval(mix, tmp_path / "mine", overwrite=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     export_lm_eval(mix, tmp_path / "lm")
-    with pytest.raises(LmEvalExportError, match="exists"):
+    with pytest.raises(LmEvalExportError, match="already exists"):
         export_lm_eval(mix, tmp_path / "lm")
     export_lm_eval(mix, tmp_path / "lm", overwrite=True)
 
