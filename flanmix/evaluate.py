@@ -670,7 +670,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         "A task's mean averages its non-inverted templates; inverted templates are reported apart. "
         f"Intervals: {results['bootstrap']['level']}% bootstrap over source rows "
         f"({results['bootstrap']['resamples']} resamples, seed {results['bootstrap']['seed']}). "
-        f"Best template: chosen on a dev slice ({dev['rule']}), scored on the other rows.",
+        f"Best template: chosen on a dev slice ({dev['rule']}), scored on the other rows "
+        "(n/a: no source row in the dev slice, or none outside it).",
         "",
         "## Clusters",
         "",
@@ -695,11 +696,12 @@ def markdown_report(results: dict[str, Any]) -> str:
         inv = t["inverted"]["mean"] if t.get("inverted") else None
         line = (
             f"| {name} | {t['metric'] or ''} | {t['templates']} | {_with_ci(t['mean'], t['ci'])} "
-            f"| {_fmt(t['best'])} | {t['best_template'] or ''} | {_fmt(inv)} |"
+            f"| {_fmt(t['best']) or 'n/a'} | {t['best_template'] or ''} | {_fmt(inv)} |"
         )
         if b:
             bt = base["tasks"].get(name, {})
-            line += f" {_with_ci(bt.get('mean'), bt.get('ci'))} | {_fmt(bt.get('best'))} |"
+            best = _fmt(bt.get("best")) or ("n/a" if bt else "")
+            line += f" {_with_ci(bt.get('mean'), bt.get('ci'))} | {best} |"
         out.append(line)
     out += [
         "",
