@@ -482,11 +482,22 @@ def _add_compile(sub) -> None:
         help="folder holding task_templates/ (default: the spec's catalog)",
     )
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument(
+        "--allow-outside-sources",
+        action="store_true",
+        help="let task files' local sources read files outside their folder",
+    )
     p.set_defaults(func=_run_compile)
 
 
 def _run_compile(args) -> int:
+    import os
     import time
+
+    from .schema import ALLOW_OUTSIDE
+
+    if args.allow_outside_sources:
+        os.environ[ALLOW_OUTSIDE] = "1"  # read by the task schema and the sources (and workers)
 
     from .write import compile_mixture, composition_report
 
@@ -1026,9 +1037,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_cleanly_on_sigterm():
+    """SIGTERM unwinds like Ctrl-C (temporary folders removed, workers stopped, locks released)
+    instead of killing the process where it stands. Returns the handler to put back."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = _exit_cleanly_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except FlanmixError as exc:
@@ -1042,6 +1068,11 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so a file named ``a\nOK: ...`` cannot forge a
+    line of a report."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a problem is: any subset of file, line, task, template, field, row."""
@@ -24,7 +32,8 @@ class Location:
     def __str__(self) -> str:
         parts = []
         if self.file:
-            parts.append(f"{self.file}:{self.line}" if self.line else self.file)
+            file = printable(self.file)
+            parts.append(f"{file}:{self.line}" if self.line else file)
         for name in ("task", "template", "field", "row"):
             value = getattr(self, name)
             if value is not None:

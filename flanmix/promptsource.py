@@ -136,15 +136,26 @@ def read_templates_file(path: str | Path) -> PSFile:
     """Read one promptsource ``templates.yaml`` without promptsource. Raises :class:`TaskFileError`."""
     path = Path(path)
     loc = Location(file=str(path))
+    from .yamlio import read_text_file
+
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_PromptsourceLoader)  # noqa: S506 - SafeLoader subclass
+        text = read_text_file(path).decode("utf-8")  # a regular file under the size cap
+        data = yaml.load(text, Loader=_PromptsourceLoader)  # noqa: S506 - SafeLoader subclass
     except OSError as exc:
         raise TaskFileError(f"cannot read file: {exc.strerror}", location=loc) from exc
+    except UnicodeDecodeError as exc:
+        raise TaskFileError(
+            f"file is not UTF-8 text ({exc.reason} at byte {exc.start})", location=loc
+        ) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         raise TaskFileError(
             f"YAML error: {exc.problem}", location=loc.with_(line=mark.line + 1 if mark else None)
         ) from exc
+    except yaml.YAMLError as exc:
+        raise TaskFileError(f"YAML error: {exc}", location=loc) from exc
+    except RecursionError as exc:
+        raise TaskFileError("YAML nested too deeply", location=loc) from exc
     if not isinstance(data, dict) or "dataset" not in data:
         raise TaskFileError(
             "not a promptsource templates file",
@@ -889,6 +900,9 @@ def write_task(task: dict[str, Any], out_dir: str | Path, *, overwrite: bool = F
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(dump_task(task))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a task file is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

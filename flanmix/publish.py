@@ -32,6 +32,7 @@ MIXTURE_MARKERS = ("manifest.json", "loco.json")
 #: Legacy training runs (made before the marker): these files together mark one.
 RUN_FILES = ("config.yaml", "metrics.jsonl")
 NAME_MAX = 255
+TMP_ROOM = 24  # '.' + '.tmp-' + a pid, and '.lock'
 
 
 class OutputError(FlanmixError):
@@ -94,10 +95,12 @@ def check_out(
     given = str(out)
     out = Path(os.path.abspath(out))
     loc = Location(file=given)
-    for part in out.parts:
-        if len(os.fsencode(part)) > NAME_MAX:
+    for i, part in enumerate(out.parts):
+        # the last name also carries the temporary folder's ".NAME.tmp-<pid>" around it
+        limit = NAME_MAX - (TMP_ROOM if i == len(out.parts) - 1 else 0)
+        if len(os.fsencode(part)) > limit:
             raise error(
-                f"{what} name is too long ({len(os.fsencode(part))} bytes; the limit is {NAME_MAX})",
+                f"{what} name is too long ({len(os.fsencode(part))} bytes; the limit is {limit})",
                 location=loc,
                 hint="choose a shorter folder name",
             )

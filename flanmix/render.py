@@ -25,6 +25,7 @@ import jinja2.meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .budget import BudgetSandbox, regex_sub, timed
 from .errors import Location, SandboxError, TemplateError
 from .schema import Task, Template
 
@@ -130,9 +131,7 @@ def _most_frequent_all(items: Any) -> list | None:
 
 
 def _regex_replace(value: str, pattern: str, repl: str) -> str:
-    import re
-
-    return re.sub(pattern, repl, value)
+    return regex_sub(pattern, repl, value)  # the regex engine, with the render time budget
 
 
 GLOBALS: dict[str, Any] = {
@@ -157,7 +156,7 @@ FILTERS: dict[str, Any] = {
 
 def make_environment() -> ImmutableSandboxedEnvironment:
     """The sandboxed environment all templates are compiled in."""
-    env = ImmutableSandboxedEnvironment(
+    env = BudgetSandbox(  # the immutable sandbox plus the render budget (flanmix.budget)
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,
@@ -261,6 +260,7 @@ class CompiledTemplate:
             return tuple(str(v).strip() for v in value)
         return None
 
+    @timed
     def render(self, row: Mapping[str, Any], seed: int = 0) -> Rendered | Skip:
         """Render one row. Raises :class:`TemplateError` on a template bug; returns Skip for bad rows."""
         token = _EXAMPLE_SEED.set(seed)
@@ -487,6 +487,7 @@ class RowPreparer:
             self._filters.append((expr, flt.reason, i))
         self._loc = loc
 
+    @timed
     def __call__(self, row: Mapping[str, Any]) -> dict[str, Any] | Skip:
         if self._rename:
             row = {self._rename.get(k, k): v for k, v in row.items()}

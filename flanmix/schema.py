@@ -5,7 +5,9 @@ Everything is ``extra="forbid"``: a misspelt key is an error, not a silently ign
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import (
@@ -146,6 +148,14 @@ class HubSource(_Model):
     data_dir: str | None = None
 
 
+#: Set to 1 (or pass ``--allow-outside-sources``) to let local sources read outside their folder.
+ALLOW_OUTSIDE = "FLANMIX_ALLOW_OUTSIDE_SOURCES"
+
+
+def outside_allowed() -> bool:
+    return os.environ.get(ALLOW_OUTSIDE, "") not in ("", "0")
+
+
 class LocalSource(_Model):
     """Local files loaded with ``datasets.load_dataset(format, data_files=files)``.
 
@@ -154,6 +164,21 @@ class LocalSource(_Model):
 
     format: Literal["json", "csv", "parquet"]
     files: dict[str, str | list[str]] = Field(description="split name -> file path(s)")
+
+    @field_validator("files")
+    @classmethod
+    def _inside(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        if outside_allowed():
+            return value
+        for given in value.values():
+            for p in [given] if isinstance(given, str) else given:
+                if PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts:
+                    raise ValueError(
+                        f"local file {p!r} is outside the task's folder; local sources are read "
+                        "only from inside it (set FLANMIX_ALLOW_OUTSIDE_SOURCES=1 or pass "
+                        "--allow-outside-sources to allow other paths)"
+                    )
+        return value
 
 
 class NIv2Source(_Model):

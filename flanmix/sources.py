@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import Location, SourceError
-from .schema import Task
+from .schema import ALLOW_OUTSIDE, Task, outside_allowed
 
 _SLICE = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
 
@@ -218,7 +218,25 @@ def _from_local(task: Task, split: str, base_dir: Path, loc: Location) -> Source
         Path(p) if Path(p).is_absolute() else base_dir / p
         for p in ([given] if isinstance(given, str) else given)
     ]
+    _check_inside(paths, base_dir, loc, "the task's folder")
     return _open_files(task, split, local.format, paths, loc)
+
+
+def _check_inside(paths: list[Path], root: Path, loc: Location, name: str) -> None:
+    """Local sources read only inside ``root`` (links followed) unless allowed explicitly: a task
+    file must not turn someone's credentials.csv into mixture rows."""
+    if outside_allowed():
+        return
+    top = root.resolve()
+    for p in paths:
+        real = p.resolve()
+        if real != top and top not in real.parents:
+            raise SourceError(
+                f"local source file {p} is outside {name} ({top})",
+                location=loc,
+                hint=f"move the data inside it, or allow other paths with {ALLOW_OUTSIDE}=1 "
+                "(flanmix compile --allow-outside-sources)",
+            )
 
 
 def _from_folder(task: Task, split: str, folder: Path, loc: Location) -> SourceHandle:
@@ -230,6 +248,7 @@ def _from_folder(task: Task, split: str, folder: Path, loc: Location) -> SourceH
         for ext in exts:
             path = folder / f"{split}{ext}"
             if path.exists():
+                _check_inside([path], folder, loc.with_(field="sources"), "its sources folder")
                 return _open_files(task, split, fmt, [path], loc)
     raise SourceError(
         f"no {split}.parquet, {split}.jsonl or {split}.csv in {folder}",

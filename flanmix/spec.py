@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import Location, SpecError
 from .schema import ID_PATTERN
 
+#: Plan-time limits: a spec asking for more is refused before anything is planned or allocated.
+MAX_TOTAL_ROWS = 1_000_000_000
+MAX_SHARDS = 10_000
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -38,8 +42,8 @@ class Mixing(_Model):
     @classmethod
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
         for name, w in value.items():
-            if w < 0:
-                raise ValueError(f"weight of {name!r} must be >= 0, got {w}")
+            if not w >= 0 or w == float("inf"):  # NaN compares false with everything
+                raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {w}")
         return value
 
 
@@ -214,7 +218,10 @@ class Eval(_Model):
 class Output(_Model):
     format: Literal["parquet", "arrow"] = "parquet"
     shards: int | None = Field(
-        default=None, ge=1, description="number of train shards (default: from shard_rows)"
+        default=None,
+        ge=1,
+        le=MAX_SHARDS,
+        description="number of train shards (default: from shard_rows)",
     )
     shard_rows: int = Field(default=100_000, ge=1, description="target rows per shard")
 
@@ -284,6 +291,7 @@ class MixtureSpec(_Model):
     total_rows: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_TOTAL_ROWS,
         description="train rows; default: the sum of capped sizes. Rows are shared out by the mixing "
         "rates, so a task whose rate exceeds its size repeats rows (with other templates)",
     )
@@ -383,3 +391,39 @@ def spec_from_mapping(data: dict[str, Any]) -> MixtureSpec:
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise SpecError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from exc
+
+
+def check_names(spec: MixtureSpec, catalog: Any, spec_file: str | None = None) -> None:
+    """Refuse names a spec would otherwise ignore without a word: a weight for a task or submix
+    that is not a member of its node (a misspelt name), and a task both in ``tasks`` and in
+    ``exclude_tasks`` of one node. Raises :class:`SpecError` located at the spec's line."""
+    from .errors import did_you_mean
+    from .mix import _expand, _spec_loc
+
+    users: dict[int, tuple[Mixing, str, list[str]]] = {}  # a mixing -> where, its nodes' members
+
+    def walk(node: Submix, mixing: Mixing, where: str) -> None:
+        both = [t for t in node.tasks if t in set(node.exclude_tasks)]
+        if both:
+            i = node.tasks.index(both[0])
+            raise SpecError(
+                f"task {both[0]!r} is both in tasks and in exclude_tasks",
+                location=_spec_loc(spec_file, f"{where}tasks[{i}]"),
+                hint="keep it in one of the two lists",
+            )
+        mixing = node.mixing or mixing
+        entry = users.setdefault(id(mixing), (mixing, where if node.mixing else "", []))
+        entry[2].extend(_expand(node, catalog, spec, spec_file, where, []))
+        entry[2].extend(s.name for s in node.submixes)
+        for i, sub in enumerate(node.submixes):
+            walk(sub, mixing, f"{where}submixes[{i}].")
+
+    walk(spec.root(), spec.mixing, "")
+    for mixing, where, members in users.values():
+        for name in mixing.weights:
+            if name not in members:
+                raise SpecError(
+                    f"weight for {name!r}, which is not a task or submix of this mixture",
+                    location=_spec_loc(spec_file, f"{where}mixing.weights.{name}"),
+                    hint=did_you_mean(name, members) or "members: " + ", ".join(members[:20]),
+                )

@@ -47,7 +47,7 @@ from .mixture import (
 )
 from .publish import claim, os_error
 from .sampling import SAMPLING_VERSION
-from .spec import MixtureSpec, load_spec
+from .spec import MixtureSpec, check_names, load_spec
 
 ROW_GROUP = 10_000
 
@@ -284,6 +284,7 @@ def compile_mixture(
         from .catalog import add_catalogs
 
         catalog = add_catalogs(catalog, {n: base / c for n, c in spec.catalogs.items()})
+    check_names(spec, catalog, spec_file)
     protect = [spec_file, catalog.root, *(base / p for p in spec.sources.values())]
     protect += [base / c for c in spec.catalogs.values()]
     run = _executor(spec, executor, workers, ray_address, scratch)
@@ -430,6 +431,15 @@ def _compile_one(
         if why.startswith("source error"):
             role, task = key.split(":", 1)
             say(f"NOTE: {task} skipped ({role}, on_source_error: skip): {why}")
+    from .spec import MAX_SHARDS
+
+    for split, n in plan.shards.items():
+        if n > MAX_SHARDS:
+            raise CompileError(
+                f"{n:,} {split} shards planned; the limit is {MAX_SHARDS:,}",
+                location=Location(file=spec_file, field="output"),
+                hint="raise output.shard_rows or lower output.shards",
+            )
     names = {tp.task for tp in plan.tasks.values()}
     ctx = WorkerContext(
         spec=spec,
@@ -561,12 +571,29 @@ __all__ = ["compile_mixture", "card_text", "resolve_holdout"]
 
 # ----------------------------------------------------------------------------- inspect
 
+#: Manifest keys the composition report reads.
+REPORT_KEYS = (
+    "name", "flanmix_version", "seed", "file_format", "holdout", "splits", "counts", "dropped",
+    "tasks",
+)  # fmt: skip
+
 
 def composition_report(mixture_dir: str | Path) -> str:
     """The composition of a published mixture, from its manifest (rows per cluster, task, format ...)."""
+    from .errors import MixtureError
     from .mixture import Mixture
+    from .verify import manifest_problems
 
     m = Mixture.open(mixture_dir).manifest
+    problems = manifest_problems(m)
+    missing = [k for k in REPORT_KEYS if not isinstance(m, dict) or k not in m]
+    if problems or missing:
+        raise MixtureError(
+            "manifest.json is incomplete: "
+            + (problems[0] if problems else "no " + ", ".join(repr(k) for k in missing)),
+            location=Location(file=str(Path(mixture_dir) / MANIFEST)),
+            hint="recompile the mixture; 'flanmix verify' lists what is wrong",
+        )
     lines = [
         f"mixture {m['name']}  (flanmix {m['flanmix_version']}, seed {m['seed']}, {m['file_format']})",
     ]

@@ -7,6 +7,8 @@ Plain ``yaml.safe_load`` semantics (no custom tags), plus:
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,28 @@ class LineMap:
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _walk(node: yaml.Node, path: PathKey, lines: LineMap) -> None:
+#: Nesting deeper than this is refused (a located error instead of Python's recursion limit).
+MAX_DEPTH = 64
+#: Files larger than this are refused before they are read (FLANMIX_MAX_YAML_BYTES).
+MAX_BYTES = int(os.environ.get("FLANMIX_MAX_YAML_BYTES", 16 << 20))
+
+
+def _walk(node: yaml.Node, path: PathKey, lines: LineMap, visited: set[int] | None = None) -> None:
+    """Record lines; refuse aliases (a shared node is an alias: ``*name``) and deep nesting."""
+    visited = set() if visited is None else visited
+    if id(node) in visited:
+        raise TaskFileError(
+            "YAML aliases (*name) are not allowed",
+            location=Location(file=lines.file, line=node.start_mark.line + 1),
+            hint="write the value out; aliases can expand a small file into gigabytes",
+        )
+    if not isinstance(node, yaml.ScalarNode):
+        visited.add(id(node))
+    if len(path) > MAX_DEPTH:
+        raise TaskFileError(
+            f"YAML nested deeper than {MAX_DEPTH} levels",
+            location=Location(file=lines.file, line=node.start_mark.line + 1),
+        )
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -65,13 +88,36 @@ def _walk(node: yaml.Node, path: PathKey, lines: LineMap) -> None:
                 )
             seen[key] = line
             lines.key_lines[path + (key,)] = line
-            _walk(value_node, path + (key,), lines)
+            _walk(value_node, path + (key,), lines, visited)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines.key_lines[path + (i,)] = item.start_mark.line + 1
-            _walk(item, path + (i,), lines)
+            _walk(item, path + (i,), lines, visited)
     elif isinstance(node, yaml.ScalarNode):
         lines.value_starts[path] = (node.start_mark.line + 1, node.style in ("|", ">"))
+
+
+def read_text_file(path: str | Path, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (default :data:`MAX_BYTES`).
+
+    Anything else is refused before reading: a FIFO (would block), a device such as /dev/zero
+    (endless), a folder, or a file over the cap. Raises OSError with a readable ``strerror``.
+    """
+    limit = MAX_BYTES if max_bytes is None else max_bytes
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(0, "not a regular file", str(path))
+        if info.st_size > limit:
+            raise OSError(0, f"file is larger than {limit:,} bytes", str(path))
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(0, f"file is larger than {limit:,} bytes", str(path))
+    return data
 
 
 def load_yaml(path: str | Path, text: str | None = None) -> tuple[Any, LineMap]:
@@ -83,7 +129,7 @@ def load_yaml(path: str | Path, text: str | None = None) -> tuple[Any, LineMap]:
     shown = str(path)
     if text is None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text_file(path).decode("utf-8")
         except OSError as exc:
             raise TaskFileError(
                 f"cannot read file: {exc.strerror}", location=Location(file=shown)
@@ -119,4 +165,8 @@ def load_yaml(path: str | Path, text: str | None = None) -> tuple[Any, LineMap]:
         ) from exc
     except yaml.YAMLError as exc:
         raise TaskFileError(f"YAML error: {exc}", location=Location(file=shown)) from exc
+    except RecursionError as exc:  # the pure-Python composer on very deep nesting
+        raise TaskFileError(
+            f"YAML nested deeper than {MAX_DEPTH} levels", location=Location(file=shown)
+        ) from exc
     return data, lines

@@ -145,9 +145,8 @@ def test_second_writer_of_one_out_fails_with_in_use(tmp_path, catalog):
     from flanmix.publish import lock
 
     out = tmp_path / "mix"
-    with lock(out):  # another writer holds OUT
-        with pytest.raises(FlanmixError, match="in use"):
-            _compile(catalog, out)
+    with lock(out), pytest.raises(FlanmixError, match="in use"):  # another writer holds OUT
+        _compile(catalog, out)
     assert not out.exists()
     _compile(catalog, out)  # released: the next writer goes ahead
     assert not list(tmp_path.glob(".mix.lock"))
@@ -243,3 +242,464 @@ def test_the_dataset_card_names_exact_files(built):
     card = (built / "README.md").read_text()
     assert "*" not in card.split("---")[1]
     assert "- train-00000-of-00001.parquet" in card
+
+
+# ============================================================================= 2. code execution
+
+
+torch_needed = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("torch") is None, reason="needs flanmix[train]"
+)
+FAST = ["tiny_hidden=16", "tiny_layers=1", "tiny_vocab=300", "eval_examples=0", "seq_len=64"]
+
+
+def _train(mixture, out, *overrides, **values):
+    from flanmix.train import load_config, train
+
+    cfg = load_config(
+        None, FAST + list(overrides), mixture=str(mixture), out=str(out), progress=False, **values
+    )
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from tests.toy_mixture import toy_mixture
+
+    return toy_mixture(tmp_path_factory.mktemp("toy") / "toy")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, toy):
+    """A finished 2-step run with a checkpoint at step 1 and step 2."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    _train(toy, out, "max_steps=2", "save_every=1")
+    return out
+
+
+def _resume_copy(run: Path, dest: Path, step: int = 1) -> Path:
+    shutil.copytree(run, dest)
+    for later in sorted((dest / "checkpoints").glob("step-*"))[step:]:
+        shutil.rmtree(later)
+    return dest
+
+
+@torch_needed
+@pytest.mark.slow
+def test_a_crafted_checkpoint_runs_no_code(tmp_path, toy, finished_run):
+    import torch
+
+    run = _resume_copy(finished_run, tmp_path / "run")
+    ckpt = run / "checkpoints/step-000001"
+    (ckpt / "checkpoint.json").unlink()  # as an old checkpoint: state.pt is the only guard
+    proof = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {proof}",))
+
+    torch.save({"optimizer": Payload(), "scheduler": {}, "step": 1, "rng": {}}, ckpt / "state.pt")
+    with pytest.raises(FlanmixError, match="not plain data"):
+        _train(toy, run, "max_steps=2", "save_every=1", resume="latest")
+    assert not proof.exists()
+
+
+@torch_needed
+@pytest.mark.slow
+def test_corrupt_checkpoints_are_one_line_errors(tmp_path, toy, finished_run):
+    from flanmix.train import latest_checkpoint
+
+    # a half-written checkpoint is never picked
+    run = _resume_copy(finished_run, tmp_path / "tmpck")
+    shutil.copytree(run / "checkpoints/step-000001", run / "checkpoints/step-000009.tmp")
+    assert latest_checkpoint(run).name == "step-000001"
+    # a bit flipped in the weights: refused before training on it
+    run = _resume_copy(finished_run, tmp_path / "flip")
+    _flip_bit(run / "checkpoints/step-000001/model.safetensors", 2000)
+    with pytest.raises(FlanmixError, match="changed after it was saved"):
+        _train(toy, run, "max_steps=2", resume="latest")
+    # truncated state.pt and safetensors (no index: as an old checkpoint)
+    for name in ("state.pt", "model.safetensors"):
+        run = _resume_copy(finished_run, tmp_path / f"trunc-{name}")
+        ckpt = run / "checkpoints/step-000001"
+        (ckpt / "checkpoint.json").unlink()
+        data = (ckpt / name).read_bytes()
+        (ckpt / name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(FlanmixError) as err:
+            _train(toy, run, "max_steps=2", resume="latest")
+        assert "checkpoint" in str(err.value) and "\n" not in err.value.message
+
+
+@torch_needed
+@pytest.mark.slow
+def test_resume_rules(tmp_path, toy, finished_run, monkeypatch, capsys):
+    # a finished run: nothing to resume, said in one line
+    sets = [a for kv in FAST for a in ("--set", kv)]
+    args = ["train", str(toy), "-o", str(finished_run), "--resume", "--no-progress"]
+    assert main(args + sets + ["--max-steps", "2"]) == 2
+    assert "nothing to resume" in _one_line_error(capsys)
+    # the same mixture named by a relative path resumes
+    run = _resume_copy(finished_run, tmp_path / "rel")
+    monkeypatch.chdir(toy.parent)
+    summary = _train(Path(toy.name), run, "max_steps=2", resume="latest")
+    assert summary["steps"] == 2 and summary["resumed_from"].endswith("step-000001")
+
+
+@torch_needed
+@pytest.mark.slow
+def test_a_new_run_never_mixes_into_an_old_one(tmp_path, toy, finished_run, capsys):
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    args = ["train", str(toy), "-o", str(run), "--no-progress", "--max-steps", "1"]
+    args += [a for kv in FAST for a in ("--set", kv)]
+    assert main(args) == 2
+    assert "exists" in _one_line_error(capsys)
+    assert main(args + ["--overwrite"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 1
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000001"]
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "cat.jpg").write_bytes(b"\xff\xd8")
+    assert main(["train", str(toy), "-o", str(user), "--overwrite", "--no-progress"]) == 2
+    assert "not a folder flanmix made" in _one_line_error(capsys)
+    assert (user / "cat.jpg").exists()
+
+
+@torch_needed
+def test_a_non_finite_loss_stops_training_naming_the_step(tmp_path, toy, monkeypatch):
+    import flanmix.train as tr
+
+    real = tr.target_loss_sum
+    monkeypatch.setattr(tr, "target_loss_sum", lambda *a: real(*a) * float("nan"))
+    with pytest.raises(FlanmixError, match="training stopped at step 1: the loss is nan"):
+        _train(toy, tmp_path / "nan", "max_steps=2")
+    assert not (tmp_path / "nan/checkpoints").exists()
+
+
+@torch_needed
+def test_train_and_evaluate_refuse_a_tampered_mixture(tmp_path, toy):
+    from flanmix.evaluate import evaluate
+
+    mix = _copy(toy, tmp_path / "mix")
+    _flip_bit(Mixture.open(mix).files("eval")[0])
+    with pytest.raises(FlanmixError, match="failed verification"):
+        _train(mix, tmp_path / "run", "max_steps=1")
+    with pytest.raises(FlanmixError, match="failed verification"):
+        evaluate("tiny", mix, tmp_path / "eval")
+
+
+# ============================================================================= 3. denial of service
+
+HUGE = {
+    "percent": "{{ '%0999999999d' % 1 }}",
+    "format": "{{ '{:>999999999}'.format(x) }}",
+    "ljust": "{{ x.ljust(10**9) }}",
+    "zfill": "{{ x.zfill(10**9) }}",
+    "center_filter": "{{ x | center(10**9) }}",
+    "format_filter": "{{ '%0999999999d' | format(1) }}",
+    "repeat": "{{ x * 10**9 }}",
+    "lipsum": "{{ lipsum(10**6) }}",
+    "power": "{{ 9 ** (9 ** 9) }}",
+    "replace": "{{ ('a' * 100000).replace('a', 'b' * 100000) }}",
+    "printing_loop": "{% for i in range(99999) %}{% for j in range(99999) %}xxxxxxxx{% endfor %}{% endfor %}",
+    "doubling": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+    "silent_loop": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+    "regex": "{{ ('a' * 60 ~ 'b') | regex_replace('(a|aa)+$', '') }}",
+}
+
+
+@pytest.mark.slow
+def test_templates_cannot_take_gigabytes_or_hours():
+    """Each hostile template is a located template error, fast, in 1.5 GB of address space."""
+    result = limited(
+        f"""
+        import json, time
+        from flanmix.budget import set_limits
+        from flanmix.render import compile_template
+        from flanmix.schema import Template
+        set_limits(seconds=0.5)
+        out = {{}}
+        for name, source in {HUGE!r}.items():
+            t0 = time.perf_counter()
+            try:
+                ct = compile_template("t", Template.model_validate({{"id": "h", "input": source, "target": "y"}}))
+                ct.render({{"x": "hello"}})
+                out[name] = ("rendered", 0)
+            except Exception as exc:
+                out[name] = (type(exc).__name__ + ": " + str(exc).splitlines()[0], time.perf_counter() - t0)
+        print(json.dumps(out))
+        """,
+        timeout=120,
+        mem_mb=1500,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, (what, seconds) in outcome.items():
+        assert what.startswith(("TemplateError", "SandboxError")), (name, what)
+        assert "field=input" in what and seconds < 5, (name, what, seconds)
+
+
+def test_huge_powers_are_not_folded_while_compiling():
+    result = limited(
+        """
+        import time
+        from flanmix.render import compile_template
+        from flanmix.schema import Template
+        t0 = time.perf_counter()
+        compile_template("t", Template.model_validate({"id": "p", "input": "{{ 9**(9**9) }}", "target": "y"}))
+        print(time.perf_counter() - t0)
+        """,
+        timeout=30,
+        mem_mb=1500,
+    )
+    assert result.returncode == 0 and float(result.stdout.split()[-1]) < 1
+
+
+def test_render_budget_is_configurable_and_generous():
+    from flanmix.budget import LIMITS, set_limits
+    from flanmix.render import compile_template
+    from flanmix.schema import Template
+
+    ct = compile_template(
+        "t", Template.model_validate({"id": "p", "input": "{{ x * 200000 }}", "target": "y"})
+    )
+    assert len(ct.render({"x": "abcd"}).input) == 800_000  # under the default 1,000,000
+    old = LIMITS.chars
+    try:
+        set_limits(chars=100_000)
+        with pytest.raises(FlanmixError, match="render budget"):
+            ct.render({"x": "abcd"})
+    finally:
+        set_limits(chars=old)
+
+
+BOMB = """a: &a ["x","x","x","x","x","x","x","x","x"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def test_yaml_alias_bombs_and_deep_nesting_are_refused(tmp_path, capsys):
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    result = limited(
+        f"from flanmix.cli import main; raise SystemExit(main(['lint', {str(tmp_path / 'bomb.yaml')!r}]))",
+        timeout=30,
+        mem_mb=1500,
+    )
+    assert result.returncode == 1 and "aliases (*name) are not allowed" in result.stdout
+    spec = tmp_path / "deep.yaml"
+    spec.write_text("name: t\nclusters: " + "[" * 999 + "]" * 999 + "\n")
+    assert main(["compile", str(spec), "-o", str(tmp_path / "o"), "--offline"]) == 2
+    assert "nested deeper than" in _one_line_error(capsys)
+
+
+def test_only_regular_files_under_a_size_cap_are_read(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "zero.yaml").symlink_to("/dev/zero")
+    os.mkfifo(lib / "fifo.yaml")
+    result = limited(
+        f"from flanmix.cli import main; raise SystemExit(main(['lint', {str(lib)!r}]))",
+        timeout=30,
+        mem_mb=1500,
+    )
+    assert result.returncode == 1, result.stderr[-1000:]
+    assert result.stdout.count("not a regular file") == 2
+
+
+def test_plan_limits_on_rows_shards_and_workers(tmp_path, catalog):
+    from flanmix.errors import SpecError
+    from flanmix.spec import spec_from_mapping
+
+    with pytest.raises(SpecError, match="total_rows"):
+        spec_from_mapping({"name": "t", "clusters": "all", "total_rows": 10**12})
+    with pytest.raises(SpecError, match="shards"):
+        spec_from_mapping({"name": "t", "clusters": "all", "output": {"shards": 10**9}})
+    with pytest.raises(FlanmixError, match="shards planned"):
+        compile_mixture(
+            make_spec(total_rows=50_000, output={"shard_rows": 1}),
+            tmp_path / "m",
+            catalog=catalog,
+            offline=True,
+            base_dir=tmp_path,
+        )
+    said = []
+    _compile(catalog, tmp_path / "w", workers=16, log=said.append)
+    (line,) = [s for s in said if s.startswith("rendering")]
+    units, workers = int(line.split()[1]), int(line.split()[4])
+    assert workers <= min(units, os.cpu_count() or 1)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_workers_too(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    marker = tmp_path / "stalled"
+    env = {**os.environ, "FLANMIX_STALL_AT": f"pieces:{marker}", "HF_HUB_OFFLINE": "1"}
+    spec = REPO / "mixtures/small_offline.yaml"
+    cmd = [PY, "-m", "flanmix.cli", "compile", str(spec), "-o", str(tmp_path / "m"), "--offline"]
+    main_proc = subprocess.Popen(cmd + ["--workers", "2"], env=env, cwd=REPO)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        children = psutil.Process(main_proc.pid).children(recursive=True)
+        assert children
+        main_proc.terminate()
+        main_proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive
+    finally:
+        main_proc.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stalled"]  # no temporary folder left
+
+
+# ============================================================================= 5. reads outside
+
+
+def _task_with_local(folder: Path, path: str) -> Path:
+    src = (FIXTURE / "task_templates/sentiment/senti.yaml").read_text()
+    import yaml
+
+    data = yaml.safe_load(src)
+    data["source"] = {
+        "local": {"format": "csv", "files": {"train": path}},
+        "splits": {"train": "train", "eval": None},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "senti.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return folder / "senti.yaml"
+
+
+def test_local_sources_stay_inside_the_task_folder(tmp_path, monkeypatch):
+    from flanmix.catalog import read_task_file
+    from flanmix.sources import HubState, resolve_source
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "credentials.csv").write_text("text,label\nhunter2,1\n")
+    lib = tmp_path / "lib/task_templates/sentiment"
+    task_file = _task_with_local(lib, "../../../victim/credentials.csv")
+    with pytest.raises(FlanmixError, match="outside the task's folder"):
+        read_task_file(task_file)
+    # a link inside the folder that points outside is caught when the source is opened
+    (lib / "data.csv").symlink_to(victim / "credentials.csv")
+    task = read_task_file(_task_with_local(lib, "data.csv")).task
+    with pytest.raises(FlanmixError, match="outside the task's folder"):
+        resolve_source(task, "train", base_dir=lib, hub=HubState(offline=False))
+    # allowed explicitly
+    monkeypatch.setenv("FLANMIX_ALLOW_OUTSIDE_SOURCES", "1")
+    assert read_task_file(_task_with_local(lib, "../../../victim/credentials.csv"))
+
+
+# ============================================================================= 6. one-line errors
+
+
+def test_spec_mistakes_that_were_silently_ignored(tmp_path, catalog):
+    from flanmix.spec import spec_from_mapping
+
+    with pytest.raises(FlanmixError, match="finite number"):
+        spec_from_mapping(
+            {
+                "name": "t",
+                "clusters": "all",
+                "mixing": {"method": "weights", "weights": {"ent": "nan"}},
+            }
+        )
+    spec = make_spec(mixing={"method": "weights", "weights": {"entt": 2.0}})
+    with pytest.raises(FlanmixError, match="weight for 'entt'.*\n.*did you mean 'ent'"):
+        compile_mixture(spec, tmp_path / "a", catalog=catalog, offline=True, base_dir=tmp_path)
+    spec = make_spec(clusters=[], tasks=["ent", "senti"], exclude_tasks=["senti"])
+    with pytest.raises(FlanmixError, match="both in tasks and in exclude_tasks"):
+        compile_mixture(spec, tmp_path / "b", catalog=catalog, offline=True, base_dir=tmp_path)
+
+
+def test_output_path_problems_are_one_line(tmp_path, catalog, built, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (blocker / "sub", tmp_path / ("n" * 250)):
+        assert main(["export", str(built), "-o", str(out)]) == 2
+        line = _one_line_error(capsys)
+        assert "is a file, not a folder" in line or "name is too long" in line
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert main(["export", str(built), "-o", str(ro / "x")]) == 2
+        assert "permission denied" in _one_line_error(capsys)
+
+
+def test_disk_full_during_export_is_one_line_and_leaves_nothing(
+    tmp_path, built, monkeypatch, capsys
+):
+    import errno
+
+    import pyarrow.parquet as pq
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    assert main(["export", str(built), "-o", str(tmp_path / "e")]) == 2
+    assert "no space left on device" in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_manifest_with_missing_keys_is_one_line(tmp_path, built, capsys):
+    mix = _copy(built, tmp_path / "mix")
+    m = json.loads((mix / "manifest.json").read_text())
+    del m["holdout"], m["name"]
+    (mix / "manifest.json").write_text(json.dumps(m))
+    assert main(["inspect", str(mix)]) == 2
+    assert "manifest.json is incomplete" in _one_line_error(capsys)
+
+
+def test_promptsource_files_bad_bytes_and_deep_nesting(tmp_path):
+    from flanmix.promptsource import read_templates_file
+
+    bad = tmp_path / "bad/templates.yaml"
+    bad.parent.mkdir()
+    bad.write_bytes(b"dataset: x\ntemplates: \xff\xfe\n")
+    with pytest.raises(FlanmixError, match="not UTF-8"):
+        read_templates_file(bad)
+    deep = tmp_path / "deep/templates.yaml"
+    deep.parent.mkdir()
+    deep.write_text("dataset: x\ntemplates: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(FlanmixError, match="nested"):
+        read_templates_file(deep)
+
+
+def test_imported_task_files_are_ordinary_files(tmp_path):
+    from flanmix.promptsource import write_task
+
+    old = os.umask(0o022)
+    try:
+        path = write_task({"id": "ps_x", "cluster": "imported"}, tmp_path)
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_newline_in_a_file_name_cannot_forge_a_lint_line(tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "x\nOK: 0 errors.yaml").write_text("id: [\n")
+    from flanmix.lint import format_text, lint_paths
+
+    text = format_text(lint_paths([lib]))
+    assert not any(line.startswith("OK") for line in text.splitlines())
+    assert "x\\nOK: 0 errors.yaml" in text
+
+
+def test_a_list_of_undefined_is_an_error_not_text():
+    from flanmix.render import compile_template
+    from flanmix.schema import Template
+
+    ct = compile_template(
+        "t", Template.model_validate({"id": "u", "input": "{{ [x.no_such_key] }}", "target": "y"})
+    )
+    with pytest.raises(FlanmixError, match="undefined"):
+        ct.render({"x": {"a": 1}})

@@ -1,0 +1,409 @@
+"""The render budget: what one template may cost, enforced inside the Jinja sandbox.
+
+Jinja's sandbox stops templates from reaching Python internals; it does not stop them from
+asking for a gigabyte (``'%0999999999d' % 1``, ``x.ljust(10**9)``, ``'{:>999999999}'.format(x)``)
+or an hour (``{% for i in range(99999) %}{% for j in range(99999) %}``, ``9**(9**9)``, a
+catastrophic regex). Here:
+
+- **Size.** ``*``, ``**``, ``+`` and ``%`` are intercepted (which also stops Jinja from folding
+  them into constants while compiling: ``9**(9**9)`` fails when rendered, not when loaded);
+  padding widths of ``%``, ``str.format``, ``ljust``/``rjust``/``center``/``zfill`` and the
+  ``center``/``indent``/``format`` filters, ``replace``, ``join`` and ``lipsum`` are checked
+  before the string is built; ``~`` and the rendered output itself are cut at
+  :attr:`Limits.chars` characters (default 1,000,000 per field).
+- **Time.** Every guarded render has a deadline (default 2 s): a watchdog thread interrupts a
+  render that passes it (an asynchronous :class:`RenderBudgetError` in the rendering thread).
+- **Regexes** (``regex_replace``) run on the ``regex`` engine with the same time limit.
+
+Limits come from ``FLANMIX_RENDER_SECONDS`` and ``FLANMIX_RENDER_CHARS`` (read at import, so
+worker processes inherit them) or :func:`set_limits`. A template over budget is a template error,
+located like any other (lint reports it, compile stops).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import re
+import string
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+@dataclass
+class Limits:
+    seconds: float = 2.0  # wall-clock time of one render (all parts of one template on one row)
+    chars: int = 1_000_000  # characters of any string a template builds, output included
+
+
+def _env_number(name: str, kind: type, default: Any) -> Any:
+    try:
+        value = kind(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+    return value if value > 0 else default
+
+
+LIMITS = Limits(
+    seconds=_env_number("FLANMIX_RENDER_SECONDS", float, Limits.seconds),
+    chars=_env_number("FLANMIX_RENDER_CHARS", int, Limits.chars),
+)
+MAX_POWER_BITS = 100_000  # ``a ** b`` may give an integer of at most this many bits
+MAX_ITEMS = 1_000_000  # ``list * n`` may give at most this many items
+
+
+def set_limits(seconds: float | None = None, chars: int | None = None) -> Limits:
+    """Change the render budget of this process (workers read the environment variables)."""
+    if seconds is not None:
+        LIMITS.seconds = float(seconds)
+    if chars is not None:
+        LIMITS.chars = int(chars)
+    return LIMITS
+
+
+class RenderBudgetError(Exception):
+    """A render that went over its time or size budget."""
+
+    def __init__(self, message: str | None = None):
+        super().__init__(
+            message or f"render took longer than {LIMITS.seconds:g} s (the render time budget)"
+        )
+
+
+def _too_big(what: str, size: int) -> SecurityError:
+    return SecurityError(
+        f"{what} would make {size:,} characters; the render budget is {LIMITS.chars:,} "
+        "(FLANMIX_RENDER_CHARS)"
+    )
+
+
+def _check_size(what: str, size: int) -> None:
+    if size > LIMITS.chars:
+        raise _too_big(what, size)
+
+
+# ----------------------------------------------------------------------------- format widths
+
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
+_NUMBER = re.compile(r"\d+")
+
+
+def check_percent_format(fmt: str) -> None:
+    """Refuse ``%`` formatting whose widths or precisions exceed the budget (or are computed)."""
+    for m in _PERCENT_SPEC.finditer(fmt):
+        for part in m.groups():
+            if part == "*":
+                raise SecurityError("computed widths ('%*d') are not allowed in templates")
+            if part and int(part) > LIMITS.chars:
+                raise _too_big(f"the format {m.group(0)!r}", int(part))
+
+
+def check_brace_format(fmt: str) -> None:
+    """Refuse ``str.format`` specs whose widths exceed the budget (or are computed)."""
+    try:
+        parsed = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return  # str.format itself will raise the error
+    for _literal, _field, spec, _conv in parsed:
+        if not spec:
+            continue
+        if "{" in spec:
+            raise SecurityError("computed widths ('{:{w}}') are not allowed in templates")
+        for n in _NUMBER.findall(spec):
+            if int(n) > LIMITS.chars:
+                raise _too_big(f"the format spec {spec!r}", int(n))
+
+
+# ----------------------------------------------------------------------------- checked operations
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, (str, bytes, list, tuple)) else 0
+
+
+def checked_binop(operator: str, left: Any, right: Any) -> Any:
+    """``left <operator> right`` for the intercepted operators, refused when too large."""
+    if operator == "**":
+        ints = isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0
+        if ints and abs(left).bit_length() * right > MAX_POWER_BITS:
+            raise SecurityError(f"{left} ** {right} is too large (over {MAX_POWER_BITS:,} bits)")
+        return left**right
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
+                if isinstance(seq, str):
+                    _check_size("repeating a string", len(seq) * max(n, 0))
+                elif len(seq) * max(n, 0) > MAX_ITEMS:
+                    raise SecurityError(f"a list of {len(seq) * n:,} items is too large")
+        return left * right
+    if operator == "%":
+        if isinstance(left, str):
+            check_percent_format(left)
+            result = left % right
+            _check_size("formatting", len(result))
+            return result
+        return left % right
+    if operator == "+":
+        if isinstance(left, str) and isinstance(right, str):
+            _check_size("joining strings", len(left) + len(right))
+        elif (
+            isinstance(left, (list, tuple))
+            and isinstance(right, (list, tuple))
+            and len(left) + len(right) > MAX_ITEMS
+        ):
+            raise SecurityError("a list of too many items")
+        return left + right
+    raise SecurityError(f"operator {operator!r} is not intercepted")  # pragma: no cover
+
+
+_PADDING = {"ljust", "rjust", "center", "zfill"}
+
+
+def check_call(obj: Any, args: tuple, kwargs: dict) -> None:
+    """Refuse a call of a string method that would build a string over the budget."""
+    self = getattr(obj, "__self__", None)
+    name = getattr(obj, "__name__", "")
+    if not isinstance(self, str):
+        return
+    if name in _PADDING and args and isinstance(args[0], int):
+        _check_size(f"str.{name}({args[0]})", args[0])
+    elif name == "expandtabs":
+        size = args[0] if args and isinstance(args[0], int) else 8
+        _check_size("str.expandtabs", len(self) * max(size, 1))
+    elif name == "replace" and len(args) >= 2:
+        old, new = args[0], args[1]
+        if isinstance(old, str) and isinstance(new, str) and len(new) > len(old):
+            hits = self.count(old) if old else len(self) + 1
+            _check_size("str.replace", len(self) + hits * (len(new) - len(old)))
+    elif name == "join" and args:
+        items = args[0]
+        if isinstance(items, (list, tuple)):
+            _check_size(
+                "str.join",
+                sum(len(x) for x in items if isinstance(x, str)) + len(self) * len(items),
+            )
+
+
+def checked_join(pieces: Any) -> str:
+    """``"".join`` that stops as soon as the result passes the budget (rendered output, ``~``)."""
+    out, size = [], 0
+    for piece in pieces:
+        size += len(piece)
+        if size > LIMITS.chars:
+            raise RenderBudgetError(
+                f"rendered text passed {LIMITS.chars:,} characters (the render size budget, "
+                "FLANMIX_RENDER_CHARS)"
+            )
+        out.append(piece)
+    return "".join(out)
+
+
+def _markup_join(seq: Any) -> Any:
+    from markupsafe import Markup, escape, soft_str
+
+    buf, size, iterator = [], 0, map(soft_str, seq)
+    for arg in iterator:
+        buf.append(arg)
+        size += len(arg)
+        if size > LIMITS.chars:
+            raise RenderBudgetError(f"rendered text passed {LIMITS.chars:,} characters")
+        if hasattr(arg, "__html__"):
+            return Markup("").join([*buf, *(escape(a) for a in iterator)])
+    return "".join(buf)
+
+
+def _str_join(seq: Any) -> str:
+    return checked_join(map(str, seq))
+
+
+class BudgetTemplate(jinja2.Template):
+    """Compiled templates whose ``~`` concatenation is size-checked."""
+
+    @classmethod
+    def _from_namespace(cls, environment, namespace, globals):  # noqa: A002 - Jinja's signature
+        if "str_join" in namespace:
+            namespace["str_join"] = _str_join
+        if "markup_join" in namespace:
+            namespace["markup_join"] = _markup_join
+        return super()._from_namespace(environment, namespace, globals)
+
+
+def _checked_filter(name: str, check: Callable[..., None]) -> Callable[..., Any]:
+    original = jinja2.filters.FILTERS[name]
+
+    @functools.wraps(original)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        check(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    return wrapper
+
+
+def _check_center(value: Any = "", width: int = 80, *_a: Any, **_k: Any) -> None:
+    if isinstance(width, int):
+        _check_size("center", width)
+
+
+def _check_indent(value: Any = "", width: Any = 4, *_a: Any, **_k: Any) -> None:
+    text = str(value)
+    pad = width if isinstance(width, int) else len(str(width))
+    _check_size("indent", len(text) + (text.count("\n") + 1) * max(pad, 0))
+
+
+def _check_format(value: Any = "", *_a: Any, **_k: Any) -> None:
+    if isinstance(value, str):
+        check_percent_format(value)
+
+
+def _check_replace(value: Any = "", old: Any = "", new: Any = "", *_a: Any, **_k: Any) -> None:
+    check_call(str(value).replace, (str(old), str(new)), {})
+
+
+def _check_join(value: Any = (), d: Any = "", *_a: Any, **_k: Any) -> None:
+    if isinstance(value, (list, tuple)):
+        check_call(str(d).join, ([str(x) for x in value],), {})
+
+
+def lipsum(n: int = 5, html: bool = False, min: int = 20, max: int = 100) -> str:  # noqa: A002
+    """Jinja's ``lipsum`` with its size bounded by the budget (n paragraphs of at most max words)."""
+    from jinja2.utils import generate_lorem_ipsum
+
+    if n * max * 12 > LIMITS.chars:  # a word is at most about 12 characters with its separator
+        raise _too_big(f"lipsum({n}, max={max})", n * max * 12)
+    return generate_lorem_ipsum(n=n, html=html, min=min, max=max)
+
+
+class StrictUndefined(jinja2.StrictUndefined):
+    """StrictUndefined that also refuses ``repr``: ``{{ [x.no_such_key] }}`` is an error, not the
+    text ``[Undefined]`` (a list prints its items with repr, which Jinja's class allows)."""
+
+    __slots__ = ()
+    __repr__ = jinja2.StrictUndefined._fail_with_undefined_error  # type: ignore[assignment]
+
+
+class BudgetSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox plus the render budget (see the module doc)."""
+
+    template_class = BudgetTemplate
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("undefined") is jinja2.StrictUndefined:
+            kwargs["undefined"] = StrictUndefined
+        super().__init__(**kwargs)
+        self.globals["lipsum"] = lipsum
+        for name, check in (
+            ("center", _check_center),
+            ("indent", _check_indent),
+            ("format", _check_format),
+            ("replace", _check_replace),
+            ("join", _check_join),
+        ):
+            self.filters[name] = _checked_filter(name, check)
+        self.concat = checked_join  # type: ignore[assignment]
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        return checked_binop(operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            check_brace_format(value.__self__)
+        return wrapped
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        check_call(__obj, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- time
+
+
+class _Watchdog:
+    """One daemon thread per process that interrupts renders past their deadline."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.deadlines: dict[int, float] = {}
+        self.fired: set[int] = set()
+        self.pid = os.getpid()
+        threading.Thread(target=self._run, name="flanmix-render-watchdog", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.05)
+            now = time.monotonic()
+            with self.lock:
+                for tid, deadline in list(self.deadlines.items()):
+                    if now > deadline and tid not in self.fired:
+                        self.fired.add(tid)
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(tid), ctypes.py_object(RenderBudgetError)
+                        )
+
+    def enter(self, seconds: float) -> int:
+        tid = threading.get_ident()
+        with self.lock:
+            self.fired.discard(tid)
+            self.deadlines[tid] = time.monotonic() + seconds
+        return tid
+
+    def exit(self, tid: int, quiet: bool = False) -> None:
+        with self.lock:
+            self.deadlines.pop(tid, None)
+            fired = tid in self.fired
+            self.fired.discard(tid)
+            if fired:  # delivered or not, the render is over budget: clear what is pending
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
+        if fired and not quiet:
+            raise RenderBudgetError()
+
+
+_WATCHDOG: _Watchdog | None = None
+
+
+def _watchdog() -> _Watchdog:
+    global _WATCHDOG
+    if _WATCHDOG is None or _WATCHDOG.pid != os.getpid():
+        _WATCHDOG = _Watchdog()
+    return _WATCHDOG
+
+
+def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` under the render time budget (a method rendering one row)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        dog = _WATCHDOG if _WATCHDOG is not None and _WATCHDOG.pid == os.getpid() else _watchdog()
+        tid = dog.enter(LIMITS.seconds)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            dog.exit(tid, quiet=True)  # the error (a located one, if fn made it) goes on
+            raise
+        dog.exit(tid)
+        return result
+
+    return wrapper
+
+
+def regex_sub(pattern: str, repl: str, value: str, count: int = 0) -> str:
+    """``re.sub`` on the ``regex`` engine, stopped after the render time budget."""
+    import regex
+
+    try:
+        result = regex.sub(pattern, repl, value, count=count, timeout=LIMITS.seconds)
+    except TimeoutError as exc:
+        raise RenderBudgetError(
+            f"regular expression {pattern!r} took longer than {LIMITS.seconds:g} s"
+        ) from exc
+    _check_size("regex_replace", len(result))
+    return result
