@@ -59,13 +59,12 @@ from .errors import FlanmixError, Location
 from .mixture import Mixture, clean_stale, publish_dir, tmp_dir_for
 from .models import (
     Loaded,
-    continuation_logprobs,
     encode_continuation,
     encode_prompt,
     load_model,
     padded,
-    truncate_pair,
 )
+from .rank import encode_rows, option_logprobs
 from .render import hash64
 
 GENERATION_METRICS = ("exact_match", "f1", "rouge_1", "rouge_2", "rouge_l", "bleu")
@@ -253,38 +252,16 @@ def _device(name: str) -> torch.device:
 def rank_classify(
     loaded: Loaded, rows: list[dict], cfg: EvalConfig, bar=None
 ) -> list[dict[str, Any]]:
-    """Per row: the options' summed log-likelihoods (``scores``), the prediction by sum (``pred``)
-    and by log-likelihood per character of the option (``pred_norm``, the harness's acc_norm)."""
-    tok, kind, device = loaded.tokenizer, loaded.kind, next(loaded.model.parameters()).device
-    items = []  # (row, option, prompt ids, option ids)
-    for r, row in enumerate(rows):
-        prompt = encode_prompt(tok, row["inputs"], kind, cfg.chat_template)
-        options = [encode_continuation(tok, option, kind, eos=False) for option in row["options"]]
-        if (
-            kind == "causal"
-        ):  # one prompt for all options, cut against the longest, so scores compare
-            longest = max(options, key=len)
-            prompt = truncate_pair(prompt, longest, cfg.seq_len)[0]
-            options = [truncate_pair(prompt, cont, cfg.seq_len)[1] for cont in options]
-        else:
-            prompt = prompt[: cfg.seq_len]
-        for o, cont in enumerate(options):
-            items.append((r, o, prompt, cont))
-    items.sort(
-        key=lambda it: len(it[2]) + len(it[3]), reverse=True
-    )  # similar lengths share a batch
-    sums = [[0.0] * len(row["options"]) for row in rows]
-    for b in range(0, len(items), cfg.batch_size):
-        chunk = items[b : b + cfg.batch_size]
-        logp, _ = continuation_logprobs(
-            loaded.model, kind, [(p, c) for _, _, p, c in chunk], tok.pad_token_id, device
-        )
-        for (r, o, _, _), lp in zip(chunk, logp, strict=True):
-            sums[r][o] = lp
-        if bar is not None:
-            bar.update(len(chunk))
+    """Per row: the options' log-likelihoods (``scores``: separator and option given the inputs,
+    lm-evaluation-harness's number; see ``flanmix.rank``, which runs each prompt once for all its
+    options), the prediction by sum (``pred``) and by log-likelihood per character of the option
+    (``pred_norm``, the harness's acc_norm)."""
+    tok, kind = loaded.tokenizer, loaded.kind
+    encoded = encode_rows(tok, kind, rows, cfg.seq_len, cfg.chat_template)
+    scored = option_logprobs(loaded.model, kind, encoded, tok.pad_token_id, cfg.batch_size, bar)
     out = []
-    for row, s in zip(rows, sums, strict=True):
+    for row, per_option in zip(rows, scored, strict=True):
+        s = [lp for lp, _ in per_option]
         norm = [lp / max(1, len(option)) for lp, option in zip(s, row["options"], strict=True)]
         out.append(
             {
