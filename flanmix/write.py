@@ -634,7 +634,7 @@ def composition_report(mixture_dir: str | Path) -> str:
         fallback = m.get("few_shot_fallback", {}).get(split)
         if fallback:  # few-shot asked, no exemplar fit max_length
             lines.append(
-                f"  few-shot examples written zero-shot (no exemplar fits max_length): "
+                f"  few-shot examples written zero-shot (no exemplar, or none within max_length): "
                 f"{sum(fallback.values())} ("
                 + ", ".join(f"{t} {n}" for t, n in sorted(fallback.items(), key=lambda kv: -kv[1]))
                 + ")"
