@@ -362,13 +362,16 @@ class TemplateScores:
 
     def resampled(self, weights: np.ndarray, key_index: dict[str, int]) -> np.ndarray:
         """The metric under each bootstrap resample (weights: resamples x source rows)."""
-        w = weights[:, [key_index[k] for k in self.keys]].astype(np.float64)
-        if self.metric == "bleu":
-            totals = w @ self.values
-            return np.array([bleu_from_statistics(t) for t in totals])
-        den = w.sum(axis=1)
+        idx = np.fromiter((key_index[k] for k in self.keys), np.int64, len(self.keys))
+        n = weights.shape[1]
+        if self.metric == "bleu":  # per source row statistics, then each resample's corpus BLEU
+            per_key = np.zeros((n, self.values.shape[1]))
+            np.add.at(per_key, idx, self.values)
+            return np.array([bleu_from_statistics(t) for t in weights @ per_key])
+        num = weights @ np.bincount(idx, weights=self.values, minlength=n)
+        den = weights @ np.bincount(idx, minlength=n).astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, (w @ self.values) / den, np.nan)
+            return np.where(den > 0, num / den, np.nan)
 
 
 def in_dev_slice(task: str, key: str, fraction: float) -> bool:
@@ -455,6 +458,7 @@ def aggregate(
             if resamples > 0:
                 rng = np.random.default_rng(hash64(seed, "bootstrap", name))
                 weights = rng.multinomial(len(keys), np.full(len(keys), 1 / len(keys)), resamples)
+                weights = weights.astype(np.float64)
                 per_template = np.vstack([t.resampled(weights, key_index) for t in scored])
                 with warnings.catch_warnings():  # a resample may draw none of a template's rows
                     warnings.simplefilter("ignore", RuntimeWarning)
