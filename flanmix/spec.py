@@ -164,6 +164,29 @@ class Formats(_Model):
         "turned-around templates are left out; eval rows keep the templates)",
     )
 
+    @field_validator("max_length", mode="before")
+    @classmethod
+    def _length(cls, value: Any) -> Any:
+        """A mapping is {tokens, tokenizer}: say what is wrong with it (not the int alternative)."""
+        if not isinstance(value, dict):
+            if isinstance(value, int) and not isinstance(value, bool) and value < 64:
+                raise ValueError("max_length in characters must be at least 64")
+            return value
+        try:
+            return MaxTokens.model_validate(value)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+            where = ".".join(str(p) for p in err["loc"])
+            msg = (
+                f"unknown key {where!r}"
+                if err["type"] == "extra_forbidden"
+                else f"{where}: {err['msg']}"
+            )
+            raise ValueError(
+                f"max_length {msg} (give {{tokens: N, tokenizer: PATH}} or characters)"
+            ) from None
+
     @field_validator("options_styles")
     @classmethod
     def _known_styles(cls, value: list[str] | None) -> list[str] | None:

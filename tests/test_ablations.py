@@ -124,3 +124,14 @@ def test_eval_few_shot_exemplars_from_the_training_split(tmp_path, catalog):
         assert r["inputs"].count("validation premise") == 1  # the eval row itself, last
         if r["options"] is not None and r["template_id"] != "ent.listed":
             assert r["inputs"].count("OPTIONS:") == 3  # exemplars show options as the query does
+
+
+def test_spec_errors_of_the_new_knobs_are_one_line():
+    with pytest.raises(SpecError, match="max_length unknown key 'tokns'"):
+        make_spec(formats={"max_length": {"tokns": 5, "tokenizer": "t.json"}})
+    with pytest.raises(SpecError, match="at least 64"):
+        make_spec(formats={"max_length": 10})
+    with pytest.raises(SpecError, match="per_task"):
+        make_spec(templates={"per_task": 0})
+    with pytest.raises(SpecError, match="instructions"):
+        make_spec(formats={"instructions": "names"})
