@@ -41,8 +41,8 @@ from .render import (
     compile_template,
     example_seed,
     hash64,
+    input_values,
     mix64,
-    template_variables,
 )
 from .sampling import (
     FEW_SHOT_FORMATS,
@@ -624,7 +624,6 @@ class UnitRenderer:
         self._references: dict[str, References] = {}
         self._readers: dict[str, SourceReader] = {}
         self._blocks: dict[tuple, tuple[str, tuple[str, ...]]] = {}
-        self._input_fields: dict[tuple[str, str], list[str]] = {}
         self._shot_rows: dict[str, list] = {}  # eval few-shot: prepared training rows per task
         self._shot_pools: dict[tuple[str, str], list] = {}
         self._fallback: Counter = Counter()
@@ -939,25 +938,14 @@ class UnitRenderer:
             raise _target_error(ct, split, index, res.target, res.choices)
         text_in = res.input
         if bare:
-            text_in = self._bare_input(task, ct, row)
+            text_in = self._bare_input(task, ct, row, rseed, res.choices)
         return _Base(ct.template.id, text_in, res.target, res.choices, index, rep, rseed)
 
-    def _bare_input(self, task: str, ct: CompiledTemplate, row) -> str:
-        """``formats.instructions`` none / dataset_name: the fields the template's input reads,
-        in the task's field order, one per line; dataset_name puts the task id first."""
-        key = (task, ct.template.id)
-        names = self._input_fields.get(key)
-        if names is None:
-            used = template_variables(ct.template)["input"]
-            names = self._input_fields[key] = [f for f in self.ctx.tasks[task].fields if f in used]
-        parts = []
-        for name in names:
-            value = row.get(name)
-            if isinstance(value, (list, tuple)):
-                value = "\n".join(str(v) for v in value)
-            if value is not None and str(value).strip():
-                parts.append(str(value).strip())
-        text = "\n".join(parts)
+    def _bare_input(self, task: str, ct: CompiledTemplate, row, rseed, choices) -> str:
+        """``formats.instructions`` none / dataset_name: what the template's input shows of the
+        row (its ``{{ }}`` values, one per line), without its words; dataset_name puts the task
+        id first."""
+        text = "\n".join(input_values(ct, row, rseed, choices))
         if self.ctx.spec.formats.instructions == "dataset_name":
             text = f"{task}\n\n{text}"
         return text

@@ -526,3 +526,42 @@ def render_samples(task: Task, template_id: str | None = None, n: int | None = N
                 yield index, ct, row
                 continue
             yield index, ct, ct.render(row, example_seed(seed, task.id, ct.id, "samples", index))
+
+
+# ----------------------------------------------------------------------------- values only
+
+_VALUE_OPEN, _VALUE_CLOSE = "\x02", "\x03"
+
+
+@functools.lru_cache(maxsize=1)
+def _values_environment() -> ImmutableSandboxedEnvironment:
+    """The sandbox again, with every ``{{ }}`` output wrapped in markers (Jinja's ``finalize``)."""
+    env = make_environment()
+    env.finalize = lambda value: f"{_VALUE_OPEN}{value}{_VALUE_CLOSE}"
+    return env
+
+
+@functools.lru_cache(maxsize=4096)
+def _values_template(source: str) -> jinja2.Template:
+    return _values_environment().from_string(source)
+
+
+def input_values(
+    ct: CompiledTemplate, row: Mapping[str, Any], seed: int, choices: tuple[str, ...] | None
+) -> list[str]:
+    """What a template's input shows of the row: its ``{{ }}`` outputs in order, without the
+    template's own words (FLAN's "no template" ablation). Same seed, same ``choice`` draws."""
+    token = _EXAMPLE_SEED.set(seed)
+    try:
+        context = {**GLOBALS_SNAPSHOT, **row}
+        if choices is not None:
+            context[ANSWER_CHOICES] = list(choices)
+        text = _values_template(ct.template.input).render(context)
+    except SkipRow:
+        return []
+    finally:
+        _EXAMPLE_SEED.reset(token)
+    found = text.split(_VALUE_OPEN)[1:]
+    return [
+        v.split(_VALUE_CLOSE, 1)[0].strip() for v in found if v.split(_VALUE_CLOSE, 1)[0].strip()
+    ]

@@ -443,7 +443,9 @@ def _compile_one(
     names = {tp.task for tp in plan.tasks.values()}
     ctx = WorkerContext(
         spec=spec,
-        tasks={t: catalog.task(t) for t in names},
+        # workers never read samples (a samples source travels in its handle): not pickled to
+        # them, which halves a worker's memory for 1,600 imported NIv2 tasks
+        tasks={t: catalog.task(t).model_copy(update={"samples": []}) for t in names},
         plan_tasks=plan.tasks,
         task_files=plan.task_files,
         template_lines=_template_lines(catalog, names),

@@ -135,3 +135,17 @@ def test_spec_errors_of_the_new_knobs_are_one_line():
         make_spec(templates={"per_task": 0})
     with pytest.raises(SpecError, match="instructions"):
         make_spec(formats={"instructions": "names"})
+
+
+def test_instructions_none_keeps_what_the_template_shows_not_its_words(tmp_path, catalog):
+    """The input is the template's {{ }} values in order: premise, then hypothesis (ent.follows
+    reads both); never the template's words, never a field it does not show (the label)."""
+    rows, _ = _rows(
+        tmp_path, catalog, tasks=["ent"], total_rows=60,
+        formats={"instructions": "none", "options": 0.0},
+    )  # fmt: skip
+    samples = {s["premise"]: s["hypothesis"] for s in catalog.task("ent").samples}
+    for r in rows:
+        premise, hypothesis = r["inputs"].split("\n")[:2]
+        assert samples[premise] == hypothesis
+        assert "follow" not in r["inputs"] and "True or false" not in r["inputs"]
