@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import jinja2
@@ -193,17 +194,23 @@ def check_call(obj: Any, args: tuple, kwargs: dict) -> None:
 
 
 def checked_join(pieces: Any) -> str:
-    """``"".join`` that stops as soon as the result passes the budget (rendered output, ``~``)."""
-    out, size = [], 0
-    for piece in pieces:
-        size += len(piece)
-        if size > LIMITS.chars:
+    """``"".join`` that stops once the result passes the budget (rendered output, ``~``): joined
+    in chunks of 64 pieces in C, the size checked between chunks."""
+    it = iter(pieces)
+    head = list(islice(it, 64))
+    text = "".join(head)
+    if len(head) < 64 and len(text) <= LIMITS.chars:  # the common case: a short template
+        return text
+    chunk = text
+    while chunk:
+        if len(text) > LIMITS.chars:
             raise RenderBudgetError(
                 f"rendered text passed {LIMITS.chars:,} characters (the render size budget, "
                 "FLANMIX_RENDER_CHARS)"
             )
-        out.append(piece)
-    return "".join(out)
+        chunk = "".join(islice(it, 64))
+        text += chunk
+    return text
 
 
 def _markup_join(seq: Any) -> Any:
@@ -268,8 +275,12 @@ def _check_replace(value: Any = "", old: Any = "", new: Any = "", *_a: Any, **_k
 
 
 def _check_join(value: Any = (), d: Any = "", *_a: Any, **_k: Any) -> None:
-    if isinstance(value, (list, tuple)):
-        check_call(str(d).join, ([str(x) for x in value],), {})
+    if isinstance(value, (list, tuple)) and len(value) > 1:
+        try:
+            size = sum(map(len, value)) + len(d) * len(value)
+        except TypeError:  # not all strings: str() of each is what join makes
+            size = sum(len(str(x)) for x in value) + len(str(d)) * len(value)
+        _check_size("join", size)
 
 
 def lipsum(n: int = 5, html: bool = False, min: int = 20, max: int = 100) -> str:  # noqa: A002
@@ -327,54 +338,73 @@ class BudgetSandbox(ImmutableSandboxedEnvironment):
 # ----------------------------------------------------------------------------- time
 
 
-class _Watchdog:
-    """One daemon thread per process that interrupts renders past their deadline."""
+class _Slot:
+    """The deadline of the render running in one thread (None between renders)."""
+
+    __slots__ = ("tid", "pid", "deadline", "fired")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.deadlines: dict[int, float] = {}
-        self.fired: set[int] = set()
+        self.tid, self.pid = threading.get_ident(), os.getpid()
+        self.deadline: float | None = None
+        self.fired = False
+
+
+class _Watchdog:
+    """One daemon thread per process that interrupts renders past their deadline, by raising
+    :class:`RenderBudgetError` in the rendering thread. Starting and ending a render only sets
+    an attribute of the thread's slot (no lock): the watchdog re-reads the deadline right before
+    it fires, so a render that has just ended is not hit."""
+
+    def __init__(self) -> None:
         self.pid = os.getpid()
+        self.slots: list[_Slot] = []
+        self.lock = threading.Lock()
         threading.Thread(target=self._run, name="flanmix-render-watchdog", daemon=True).start()
 
     def _run(self) -> None:
         while True:
             time.sleep(0.05)
             now = time.monotonic()
-            with self.lock:
-                for tid, deadline in list(self.deadlines.items()):
-                    if now > deadline and tid not in self.fired:
-                        self.fired.add(tid)
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                            ctypes.c_ulong(tid), ctypes.py_object(RenderBudgetError)
-                        )
+            for slot in list(self.slots):
+                deadline = slot.deadline
+                late = deadline is not None and now > deadline and not slot.fired
+                if late and slot.deadline is deadline:
+                    slot.fired = True
+                    _async_raise(slot.tid, RenderBudgetError)
 
-    def enter(self, seconds: float) -> int:
-        tid = threading.get_ident()
+    def register(self) -> _Slot:
+        slot = _Slot()
         with self.lock:
-            self.fired.discard(tid)
-            self.deadlines[tid] = time.monotonic() + seconds
-        return tid
+            self.slots.append(slot)
+        return slot
 
-    def exit(self, tid: int, quiet: bool = False) -> None:
-        with self.lock:
-            self.deadlines.pop(tid, None)
-            fired = tid in self.fired
-            self.fired.discard(tid)
-            if fired:  # delivered or not, the render is over budget: clear what is pending
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
-        if fired and not quiet:
-            raise RenderBudgetError()
+
+def _async_raise(tid: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(tid), ctypes.py_object(exc) if exc is not None else None
+    )
 
 
 _WATCHDOG: _Watchdog | None = None
+_LOCAL = threading.local()
 
 
-def _watchdog() -> _Watchdog:
+def _slot() -> _Slot:
     global _WATCHDOG
-    if _WATCHDOG is None or _WATCHDOG.pid != os.getpid():
+    if _WATCHDOG is None or _WATCHDOG.pid != os.getpid():  # first render, or a forked child
         _WATCHDOG = _Watchdog()
-    return _WATCHDOG
+    _LOCAL.slot = _WATCHDOG.register()
+    return _LOCAL.slot
+
+
+def _over(slot: _Slot) -> bool:
+    """End the slot's render; True if the watchdog fired (a pending exception is cleared)."""
+    slot.deadline = None
+    if not slot.fired:
+        return False
+    slot.fired = False
+    _async_raise(slot.tid, None)
+    return True
 
 
 def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -382,14 +412,20 @@ def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        dog = _WATCHDOG if _WATCHDOG is not None and _WATCHDOG.pid == os.getpid() else _watchdog()
-        tid = dog.enter(LIMITS.seconds)
+        slot = getattr(_LOCAL, "slot", None)
+        if slot is None or slot.pid != os.getpid():
+            slot = _slot()
+        if slot.deadline is not None:  # inside another timed render: its deadline holds
+            return fn(*args, **kwargs)
+        slot.deadline = time.monotonic() + LIMITS.seconds
         try:
             result = fn(*args, **kwargs)
         except BaseException:
-            dog.exit(tid, quiet=True)  # the error (a located one, if fn made it) goes on
+            _over(slot)  # the error (a located one, if fn made it) goes on
             raise
-        dog.exit(tid)
+        slot.deadline = None
+        if slot.fired and _over(slot):
+            raise RenderBudgetError()
         return result
 
     return wrapper
