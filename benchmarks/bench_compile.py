@@ -8,10 +8,12 @@ prints a Markdown table:
 (b) promptsource ``Template.apply`` on the same rows (a subset; skipped if promptsource is missing);
 (c) ``flanmix compile`` with all its work (template choice, options styles, few-shot, hashing,
     stats, shards, manifest) with 1 and with 2 workers, per core and as a ratio to (a);
-(d) a FLAN-2021-scale mixture: 60 tasks, 30k cap, about 1.5M source rows, 2 workers;
+(d) a FLAN-2021-scale mixture: 60 tasks, 30k cap, about 1.5M source rows, 1 and 2 workers, and
+    the same compile from the command line on local processes and on Ray (a local Ray started by
+    the compile, 2 actors): time, rows/s, peak RSS of the process tree, same shards or not;
 (e) peak RSS of a compile (the process and its workers) at 1M and 5M source rows.
 
-Usage: python benchmarks/bench_compile.py [--quick] [--keep DIR]
+Usage: python benchmarks/bench_compile.py [--quick] [--keep DIR] [--skip d,ray,e]
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def task_file(task_id: str, cluster: str) -> dict:
             "id": tid,
             "input": text,
             "target": "{{ answer_choices[label] }}",
-            "answer_choices": CHOICES,
+            "answer_choices": list(CHOICES),  # a list each: the YAML has no aliases
         }
         for tid, text in TEMPLATES
     ]
@@ -251,8 +253,12 @@ def compile_once(spec: Path, out: Path, workers: int) -> tuple[float, int]:
     return took, manifest["splits"]["train"]["rows"]
 
 
-def peak_rss(spec: Path, out: Path, workers: int) -> tuple[float, float, int]:
-    """(seconds, peak RSS in MiB of the compile process tree, rows) of a CLI compile."""
+def peak_rss(
+    spec: Path, out: Path, workers: int, executor: str = "local"
+) -> tuple[float, float, int, float]:
+    """(seconds, peak RSS in MiB of the compile process tree, rows, peak PSS in MiB) of a CLI
+    compile. RSS sums count the pages processes share (libraries) once per process; PSS shares
+    them out, so its sum is the tree's real footprint (sampled less often: it reads smaps)."""
     import psutil
 
     if out.exists():
@@ -267,25 +273,29 @@ def peak_rss(spec: Path, out: Path, workers: int) -> tuple[float, float, int]:
         str(out),
         "--workers",
         str(workers),
+        "--executor",
+        executor,
         "--quiet",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     ps = psutil.Process(proc.pid)
-    peak = 0
+    peak = peak_pss = 0
     stop = threading.Event()
 
     def poll():
-        nonlocal peak
+        nonlocal peak, peak_pss
+        tick = 0
         while not stop.is_set():
             try:
-                total = ps.memory_info().rss + sum(
-                    c.memory_info().rss for c in ps.children(recursive=True)
-                )
-                peak = max(peak, total)
-            except psutil.Error:
+                tree = [ps, *ps.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+                if tick % 4 == 0:
+                    peak_pss = max(peak_pss, sum(p.memory_full_info().pss for p in tree))
+            except (psutil.Error, AttributeError):
                 pass
+            tick += 1
             time.sleep(0.05)
 
     th = threading.Thread(target=poll, daemon=True)
@@ -297,14 +307,32 @@ def peak_rss(spec: Path, out: Path, workers: int) -> tuple[float, float, int]:
     if rc != 0:
         raise SystemExit(f"compile failed ({rc}): {' '.join(cmd)}")
     rows = json.loads((out / "manifest.json").read_text())["splits"]["train"]["rows"]
-    return took, peak / 2**20, rows
+    return took, peak / 2**20, rows, peak_pss / 2**20
+
+
+def ray_start_seconds() -> float | None:
+    """How long starting (and stopping) a local Ray of 2 CPUs takes, in a fresh process."""
+    code = (
+        "import time, logging, ray; t = time.perf_counter(); "
+        "ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING); "
+        "print(time.perf_counter() - t); ray.shutdown()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return float(done.stdout.split()[-1]) if done.returncode == 0 else None
+
+
+def shard_hashes(out: Path) -> dict[str, str]:
+    splits = json.loads((out / "manifest.json").read_text())["splits"]
+    return {s["file"]: s["sha256"] for info in splits.values() for s in info["shards"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: d,e")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: d, ray (the Ray rows of d), e"
+    )
     args = parser.parse_args()
     q = args.quick
     skip = set(args.skip.split(","))
@@ -318,48 +346,55 @@ def main() -> None:
     )
 
     # (a)-(c): 4 tasks x rows, the same rows for every measurement
-    per_task = 5_000 if q else 50_000
-    lib = work / "lib_c"
-    sources = make_library(lib, 4, per_task)
-    first = Path(sources["t000"]) / "train.parquet"
-    repeat = 1 if q else 3  # best of `repeat`: the least disturbed run of each measurement
-    raw = max(raw_loop(first, work / "raw.parquet", per_task) for _ in range(repeat))
-    table.append(
-        (
-            f"(a) raw loop: sandboxed Jinja NLI + OPTIONS -> Parquet, 1 core (best of {repeat})",
-            f"{raw:,.0f} rows/s",
-            "1.00x",
-        )
-    )
-    ps = promptsource_loop(first, 1_000 if q else 5_000)
-    table.append(
-        (
-            "(b) promptsource Template.apply, 1 core",
-            f"{ps:,.0f} rows/s" if ps else "not installed",
-            f"{ps / raw:.3f}x" if ps else "",
-        )
-    )
-    spec = write_spec(lib, sources, cap=per_task)
-    compile_once(spec, work / "warm", 1)  # warm the page cache and imports
-    per_core = {}
-    for w in (1, 2):
-        took, rows = min(compile_once(spec, work / f"c{w}", w) for _ in range(repeat))
-        per_core[w] = rows / took / w
+    if "c" not in skip:  # (a), (b) and (c) go together
+        per_task = 5_000 if q else 50_000
+        lib = work / "lib_c"
+        sources = make_library(lib, 4, per_task)
+        first = Path(sources["t000"]) / "train.parquet"
+        repeat = 1 if q else 3  # best of `repeat`: the least disturbed run of each measurement
+        raw = max(raw_loop(first, work / "raw.parquet", per_task) for _ in range(repeat))
         table.append(
             (
-                f"(c) flanmix compile, {w} worker(s), {rows:,} rows (best of {repeat})",
-                f"{rows / took:,.0f} rows/s total, {per_core[w]:,.0f}/core",
-                f"{per_core[w] / raw:.2f}x per core",
+                f"(a) raw loop: sandboxed Jinja NLI + OPTIONS -> Parquet, 1 core (best of {repeat})",
+                f"{raw:,.0f} rows/s",
+                "1.00x",
             )
         )
-    table.append(("(c) speed-up 1 -> 2 workers", f"{per_core[2] * 2 / per_core[1]:.2f}x", ""))
+        ps = promptsource_loop(first, 1_000 if q else 5_000)
+        table.append(
+            (
+                "(b) promptsource Template.apply, 1 core",
+                f"{ps:,.0f} rows/s" if ps else "not installed",
+                f"{ps / raw:.3f}x" if ps else "",
+            )
+        )
+        spec = write_spec(lib, sources, cap=per_task)
+        compile_once(spec, work / "warm", 1)  # warm the page cache and imports
+        per_core = {}
+        for w in (1, 2):
+            took, rows = min(compile_once(spec, work / f"c{w}", w) for _ in range(repeat))
+            per_core[w] = rows / took / w
+            table.append(
+                (
+                    f"(c) flanmix compile, {w} worker(s), {rows:,} rows (best of {repeat})",
+                    f"{rows / took:,.0f} rows/s total, {per_core[w]:,.0f}/core",
+                    f"{per_core[w] / raw:.2f}x per core",
+                )
+            )
+        table.append(("(c) speed-up 1 -> 2 workers", f"{per_core[2] * 2 / per_core[1]:.2f}x", ""))
 
     # (d): FLAN-2021 scale
-    if "d" not in skip:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        skip.add("ray")
+        table.append(("(d) Ray executor", "ray not installed", "pip install 'flanmix[ray]'"))
+    if "d" not in skip or "ray" not in skip:
         n_tasks, rows = (12, 5_000) if q else (60, 25_000)
         lib_d = work / "lib_d"
         sources_d = make_library(lib_d, n_tasks, rows)
         spec_d = write_spec(lib_d, sources_d, cap=30_000, max_rate=3_000)
+    if "d" not in skip:
         took_d = {}
         for w in (1, 2):
             took_d[w], out_rows = compile_once(spec_d, work / f"flan{w}", w)
@@ -368,6 +403,23 @@ def main() -> None:
         table.append(
             ("(d) speed-up 1 -> 2 workers at FLAN scale", f"{took_d[1] / took_d[2]:.2f}x", "")
         )
+    if "ray" not in skip:  # the command line, so the whole process tree is measured
+        runs = {}
+        for ex in ("local", "ray"):
+            runs[ex] = peak_rss(spec_d, work / f"flan_{ex}", 2, ex)
+        start = ray_start_seconds()
+        same = shard_hashes(work / "flan_local") == shard_hashes(work / "flan_ray")
+        for ex, (took, peak, out_rows, pss) in runs.items():
+            what = "2 processes" if ex == "local" else "Ray, 2 actors, Ray started by the compile"
+            table.append((f"(d) `flanmix compile --executor {ex}`, {n_tasks * rows:,} source rows, {what}",
+                          f"{took:.1f} s, {out_rows / took:,.0f} rows/s",
+                          f"peak RSS {peak:,.0f} MiB, PSS {pss:,.0f} MiB (process tree)"))  # fmt: skip
+        ratio = runs["ray"][0] / runs["local"][0]
+        note = f"same shards (sha256): {'yes' if same else 'NO'}"
+        if start is not None:
+            warm = (runs["ray"][0] - start) / runs["local"][0]
+            note += f"; starting Ray takes {start:.1f} s, without it {warm:.2f}x"
+        table.append(("(d) Ray / local time at FLAN scale", f"{ratio:.2f}x", note))
 
     # (e): peak memory at 1M and 5M source rows
     if "e" not in skip:
@@ -375,7 +427,7 @@ def main() -> None:
             lib_e = work / f"lib_e{total}"
             sources_e = make_library(lib_e, 10, total // 10)
             spec_e = write_spec(lib_e, sources_e, cap=None)
-            took, peak, out_rows = peak_rss(spec_e, work / f"mem{total}", 2)
+            took, peak, out_rows, _ = peak_rss(spec_e, work / f"mem{total}", 2)
             table.append(
                 (
                     f"(e) peak RSS, {total:,} source rows, 2 workers (process tree)",

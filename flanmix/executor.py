@@ -264,8 +264,9 @@ def _import_ray():
 class RayExecutor:
     """Ray actors, one per worker (``num_cpus=1`` each): ``workers`` of them (default: the CPUs of
     the cluster, never more than the jobs). ``address`` (``auto``, ``ray://head:10001``) joins a
-    running cluster; without it a Ray already initialised in this process is used, or a local one
-    is started for the compile (``workers`` CPUs) and shut down after it."""
+    running cluster; without it a Ray already initialised in this process is used, or the cluster
+    of a Ray job (``RAY_ADDRESS``), or a local one is started for the compile (``workers`` CPUs)
+    and shut down after it."""
 
     name = "ray"
 
@@ -298,7 +299,7 @@ class RayExecutor:
             )
             if self.address:
                 kwargs["address"] = self.address
-            else:
+            elif not os.environ.get("RAY_ADDRESS"):  # set inside a Ray job (ray job submit)
                 kwargs["num_cpus"] = self.workers or os.cpu_count() or 1
             try:
                 ray.init(**kwargs)
