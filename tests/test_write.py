@@ -281,12 +281,12 @@ def test_leave_one_cluster_out_is_published_whole(tmp_path, catalog, monkeypatch
 
 
 def test_tasks_without_rows_for_a_split_are_reported(tmp_path):
-    """The bundled library has eval-only tasks (StoryCloze, WSC273): the manifest says so."""
+    """The bundled library has an eval-only task (WSC273): the manifest says so."""
     from flanmix.write import composition_report
 
     spec = Path(__file__).resolve().parent.parent / "mixtures" / "small_offline.yaml"
     manifest = compile_mixture(spec, tmp_path / "out", offline=True, workers=1)
-    assert manifest["skipped_tasks"]["train:story_cloze"].startswith("no training split")
+    assert manifest["skipped_tasks"]["train:wsc273"].startswith("no training split")
     assert "no train rows from wsc273" in composition_report(tmp_path / "out")
 
 
