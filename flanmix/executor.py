@@ -306,7 +306,8 @@ class RayExecutor:
             except Exception as exc:  # noqa: BLE001 - connection refused, bad address ...
                 raise CompileError(
                     f"cannot start or reach Ray: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                    hint="check --ray-address (ray status on the head node)",
+                    hint="check --ray-address (ray status on the head node); a cluster started by "
+                    "ray start uses token authentication: export RAY_AUTH_MODE=token",
                 ) from None
             self._owned = True
         self._ray = ray
