@@ -247,6 +247,14 @@ def _add_train(sub) -> None:
         "--packing", action="store_true", default=None, help="pack several examples per row"
     )
     p.add_argument(
+        "--bf16",
+        dest="precision",
+        action="store_const",
+        const="bf16",
+        default=None,
+        help="bfloat16 autocast on CPU too (precision: bf16; CUDA uses it by default)",
+    )
+    p.add_argument(
         "--resume",
         nargs="?",
         const="latest",
@@ -285,6 +293,7 @@ def _run_train(args) -> int:
         seq_len=args.seq_len,
         lr=args.lr,
         packing=args.packing,
+        precision=args.precision,
         resume=args.resume,
         progress=False if args.no_progress else None,
         overwrite=True if args.overwrite else None,

@@ -23,7 +23,8 @@ Choices that change results, stated once:
   data order (epoch ``e`` is shuffled with ``seed + e``). Checkpoints hold the optimizer, the
   schedule, the step and every RNG state, and the data order is a pure function of (seed, step), so
   ``resume`` continues with the same loss curve as an uninterrupted run.
-- **Autocast** to bfloat16 on CUDA; full float32 on CPU.
+- **Precision.** ``precision: auto`` autocasts to bfloat16 on CUDA and keeps full float32 on CPU;
+  ``bf16`` (``--bf16``) autocasts on CPU too (weights and optimizer stay float32), ``fp32`` never.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
     resume: str = ""  # "" | "latest" (newest checkpoint in out/) | path to a checkpoint
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CPU too)
     progress: bool = True  # tqdm bar
     overwrite: bool = False  # replace an old run in `out` (only a folder flanmix made)
     verify: bool = True  # re-hash the mixture's shards against its manifest before reading
@@ -537,9 +539,15 @@ def _train(cfg: TrainConfig, out: Path, mixture: Mixture) -> dict[str, Any]:
         if cfg.device == "auto" and torch.cuda.is_available()
         else ("cpu" if cfg.device == "auto" else cfg.device)
     )
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise TrainError(
+            f"precision {cfg.precision!r} is not auto, fp32 or bf16",
+            location=Location(field="precision"),
+        )
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     autocast = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if device.type == "cuda"
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if bf16
         else contextlib.nullcontext
     )
 

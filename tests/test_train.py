@@ -357,3 +357,10 @@ def test_settings_are_not_silently_coerced(override, message):
         load_config(None, [override])
     cfg = load_config(None, ["packing=yes", "max_steps=3.0", "resume=", "lr=1e-3"])
     assert (cfg.packing, cfg.max_steps, cfg.resume, cfg.lr) == (True, 3, "", 1e-3)
+
+
+def test_bf16_autocast_on_cpu_and_unknown_precision(mixture, tmp_path):
+    summary, log = run(mixture, tmp_path / "bf16", "max_steps=2", "precision=bf16")
+    assert len(log) == 2 and all(r["loss"] > 0 for r in log)
+    with pytest.raises(FlanmixError, match="precision 'fp16' is not auto, fp32 or bf16"):
+        run(mixture, tmp_path / "fp16", "max_steps=1", "precision=fp16")
