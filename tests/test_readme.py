@@ -17,7 +17,7 @@ How a block runs: in a scratch copy of the checkout (tracked and untracked, not 
   anything), else a script that must exit 0;
 - ``text``: a terminal transcript. Each ``$ COMMAND`` line runs; the lines shown below it must
   appear in the command's output in the same order (lines may be left out in between; a ``...``
-  line stands for any lines; durations such as ``1.3s`` match any duration; runs of spaces and
+  line stands for any lines, ``...`` inside a line for any text; durations such as ``1.3s`` match any duration; runs of spaces and
   tabs compare equal).
 
 Blocks of one ``##`` section share one scratch copy and run in README order (the compile block
@@ -187,9 +187,14 @@ def transcript_mismatch(expected: list[str], output: str) -> str | None:
         if want.strip() in ("", "..."):
             continue
         norm = _normalize(want)
-        try:
-            pos = got.index(norm, pos) + 1
-        except ValueError:
+        pattern = (
+            re.compile(".*".join(map(re.escape, norm.split("...")))) if "..." in norm else None
+        )
+        for i in range(pos, len(got)):
+            if pattern.fullmatch(got[i]) if pattern else got[i] == norm:
+                pos = i + 1
+                break
+        else:
             return f"line not found (in order) in the output: {want!r}"
     return None
 
@@ -271,6 +276,8 @@ def test_transcript_matching():
     out = "a\nwrote out/x in 1.3s\nb\nc\n"
     assert transcript_mismatch(["a", "...", "wrote out/x in 2.0s", "c"], out) is None
     assert transcript_mismatch(["c", "a"], out) is not None
+    assert transcript_mismatch(["wrote ... in 9s"], out) is None
+    assert transcript_mismatch(["wrote ... in 9s x"], out) is not None
     blocks, problems = parse_readme(
         "## S\n<!-- runnable -->\n```bash\necho hi\n```\n\n```python\nx = 1\n```\n"
         "<!-- not runnable: needs a GPU -->\n```bash\nnvidia-smi\n```\n<!-- runnable -->\ntext\n"
