@@ -6,9 +6,10 @@ which are held out (overlap groups honoured), each task's source, how many examp
 fixed-size chunks of each task's draw sequence. Units depend only on the spec and the sources, never
 on the number of workers, so neither does the output.
 
-:func:`render_unit` renders one unit in a worker: template choice, zero/few-shot, options block in
-FLAN's or a varied seeded style, example ids. Every decision is drawn from a hash of (seed, task,
-split, row, repeat): there is no shared random state.
+:class:`UnitRenderer` renders one unit in a worker: template choice, zero/few-shot, options block
+in FLAN's or named styles, example ids; skipped draws are redrawn on other rows of the unit. Every
+decision is its own named draw (:mod:`flanmix.sampling`) from a hash of (seed, task, split, row,
+repeat): there is no shared random state, and no two decisions share bits.
 """
 
 from __future__ import annotations
