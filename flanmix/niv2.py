@@ -586,6 +586,7 @@ class ImportedTask:
     split: str  # train | test | unlisted
     instances: int
     file: Path
+    candidates: list[str] = field(default_factory=list)  # the clusters of all its categories
 
 
 @dataclass
@@ -814,11 +815,13 @@ def import_natural_instructions(
             )
             (stage / "task_templates" / cluster).mkdir(parents=True, exist_ok=True)
             (stage / "task_templates" / cluster / f"{tid}.yaml").write_text(doc, encoding="utf-8")
-            item = ImportedTask(name, tid, cluster, split, count, f)
+            cands = [tables.cluster([c]) for c in head.categories]
+            item = ImportedTask(name, tid, cluster, split, count, f, cands)
             report.tasks.append(item)
             members.setdefault(cluster, []).append(item)
             if log and (n + 1) % 200 == 0:
                 log(f"  {n + 1}/{len(files)} files")
+        _settle_test_tasks(stage, members)
         for cluster, items in members.items():
             kinds = {t.split for t in items}
             if "test" in kinds and kinds != {"test"}:
@@ -843,6 +846,33 @@ def import_natural_instructions(
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return report
+
+
+def _settle_test_tasks(stage: Path, members: dict[str, list[ImportedTask]]) -> None:
+    """A test-split task whose first category's cluster also trains moves to the cluster of
+    another of its categories that holds only test-split tasks, so holding out the test
+    categories holds it out too (NIv2's default split is by category)."""
+    pure = {c for c, items in members.items() if all(t.split == "test" for t in items)}
+    for cluster in list(members):
+        items = members[cluster]
+        if cluster in pure:
+            continue
+        for t in [t for t in items if t.split == "test"]:
+            alt = next((c for c in t.candidates if c in pure and c != cluster), None)
+            if alt is None:
+                continue
+            old = stage / "task_templates" / cluster / f"{t.task_id}.yaml"
+            text = old.read_text(encoding="utf-8").replace(
+                f"\ncluster: {cluster}\n", f"\ncluster: {alt}\n", 1
+            )
+            (stage / "task_templates" / alt / f"{t.task_id}.yaml").write_text(text, "utf-8")
+            old.unlink()
+            items.remove(t)
+            members[alt].append(t)
+            t.cluster = alt
+        if not items:
+            del members[cluster]
+            (stage / "task_templates" / cluster).rmdir()
 
 
 def _write_clusters(stage: Path, members: dict[str, list[ImportedTask]], tables: Tables) -> None:

@@ -8,6 +8,7 @@ URL), multi-output instances, non-English, MMLU-range, malformed and huge files.
 from __future__ import annotations
 
 import json
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -278,6 +279,37 @@ def test_tables_are_data(tree, tmp_path):
         import_natural_instructions([tree / "tasks"], tmp_path / "o2", categories=bad)
 
 
+def test_test_split_task_follows_its_test_category(tree, tmp_path):
+    """A test-split task listed first under a training category goes to its test category's
+    cluster, so mixtures/niv2.yaml's holdout holds it out."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for f in (tree / "tasks").glob("task*.json"):
+        (tasks / f.name).write_bytes(f.read_bytes())
+    doc = task(
+        "Answer whether the second sentence follows.",
+        ["Answer Generation", "Textual Entailment"],
+        [("A / B", "yes", "It follows.")],
+        [(f"{s} / Something happened.", "yes") for s, _ in SENTENCES],
+    )
+    _write(tasks / "task399_fixture_two_categories.json", doc)
+    splits = tmp_path / "splits"
+    shutil.copytree(tree / "splits" / "default", splits)
+    with (splits / "test_tasks.txt").open("a") as f:
+        f.write("task399_fixture_two_categories\n")
+    out = tmp_path / "o"
+    report = import_natural_instructions([tasks], out, splits=splits)
+    assert report.mixed_clusters == {}
+    cat = load_catalog(out)
+    assert cat.task("task399_fixture_two_categories").cluster == "textual_entailment"
+    assert "task399_fixture_two_categories" in cat.tasks_in_cluster("textual_entailment")
+    assert (
+        out / "task_templates" / "textual_entailment" / "task399_fixture_two_categories.yaml"
+    ).is_file()
+    result = lint_paths([out / "task_templates"], clusters=out / "clusters.yaml")
+    assert [str(f) for f in result.findings if f.severity != "info"] == []
+
+
 def test_out_folder_rules(tree, tmp_path):
     one = tree / "tasks" / "task001_fixture_question_generation.json"
     mine = tmp_path / "mine"
@@ -308,8 +340,6 @@ def test_committed_import_is_current(tmp_path):
         for name in names:
             assert (out / name).read_text() == (committed / name).read_text(), name
     finally:
-        import shutil
-
         shutil.rmtree(out, ignore_errors=True)
 
 
