@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .schema import Task
+from .sources import base_split
 from .sources_check import local_repo, local_source_files
 
 
@@ -42,7 +43,8 @@ def write_fixture_repo(task: Task, root: Path) -> Path | None:
     )
     rows = [features.encode_example({k: s.get(k) for k in features}) for s in task.samples]
     table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
-    splits = [s for s in (task.source.splits.train, task.source.splits.eval) if s]
+    # a sliced split (``train[:-50]``) reads its whole base split's files
+    splits = [base_split(s) for s in (task.source.splits.train, task.source.splits.eval) if s]
     config = hf.name or "default"
     if hf.revision == "refs/convert/parquet":
         for split in dict.fromkeys(splits):

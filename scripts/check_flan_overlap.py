@@ -98,6 +98,7 @@ PROMPTSOURCE_DATASETS = {
     "cosmos_qa": ["cosmos_qa"],
     "record": ["super_glue/record"],
     "winogrande": ["winogrande/winogrande_xl"],
+    "wsc": ["super_glue/wsc.fixed"],
     "wsc273": ["winograd_wsc/wsc273"],
     "coqa": ["coqa"],
     "quac": ["quac"],

@@ -22,7 +22,7 @@ INVENTORY = {
     ],
     "reading_comprehension": ["bool_q", "drop", "multirc", "openbookqa", "squad_v1", "squad_v2"],
     "reading_comprehension_commonsense": ["cosmos_qa", "record"],
-    "coreference": ["definite_pronoun_resolution", "winogrande", "wsc273"],
+    "coreference": ["definite_pronoun_resolution", "winogrande", "wsc", "wsc273"],
     "misc": ["coqa", "quac", "trec", "cola", "wic", "math_dataset", "fix_punct"],
     "summarization": [
         "aeslc", "cnn_dailymail", "gigaword", "multi_news", "newsroom", "samsum", "xsum", "ag_news",

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 # FLAN 2021's task clusters (_DEFAULT_TASK_CLUSTERS_ABBREV) in the paper's 12 clusters: the code's
 # math, conversational_qa, word_disambiguation, linguistic_acceptability, question_classification
 # and text_formatting's fix_punct form the paper's "misc" (true_case and word_segment are code-only
-# tasks flanmix does not have). Names mapped: glue_mrpc -> mrpc, wsc -> wsc273, imdb_reviews -> imdb.
+# tasks flanmix does not have). Names mapped: glue_mrpc -> mrpc, imdb_reviews -> imdb. wsc273 (test split
+# only) is in FLAN's code but in no cluster; the paper evaluates coreference on it, so it is added here.
 FLAN_CLUSTERS = {
     "summarization": {
         "aeslc", "cnn_dailymail", "gigaword", "multi_news", "newsroom", "samsum", "xsum",
@@ -40,7 +41,7 @@ FLAN_CLUSTERS = {
         "para_crawl_enes", "wmt14_enfr", "wmt16_deen", "wmt16_tren", "wmt16_csen", "wmt16_fien",
         "wmt16_roen", "wmt16_ruen",
     },
-    "coreference": {"definite_pronoun_resolution", "winogrande", "wsc273"},
+    "coreference": {"definite_pronoun_resolution", "winogrande", "wsc", "wsc273"},
     "nli": {
         "anli_r1", "anli_r2", "anli_r3", "cb", "rte", "mnli_matched", "mnli_mismatched", "qnli",
         "wnli", "snli",
@@ -61,7 +62,7 @@ FLAN_NOT_TRAINED_WITH = {
 # Where flanmix differs on purpose, per held-out cluster: tasks FLAN trains that flanmix does not.
 # fix_punct is built from CNN/DailyMail here (FLAN's is from ParaCrawl), so it follows that text out.
 NOT_TRAINED_BY_FLANMIX = {"summarization": {"fix_punct"}}
-# FLAN trains SuperGLUE WSC (train[:-50]) in coreference; flanmix's wsc273 has only a test split.
+# wsc273 has only a test split (as in FLAN); SuperGLUE WSC trains on train[:-50], as FLAN's does.
 NO_TRAIN_SPLIT = {"wsc273"}
 
 
@@ -109,20 +110,22 @@ def test_loco_mixtures_equal_flans_inter_cluster_splits(catalog, cluster):
 def test_only_wsc273_lacks_a_training_split(catalog):
     assert {t for t in catalog.tasks if not catalog.task(t).source.splits.train} == NO_TRAIN_SPLIT
     assert catalog.task("story_cloze").source.splits.train == "validation[:-200]"  # as FLAN
+    assert catalog.task("wsc").source.splits.train == "train[:-50]"  # FLAN's WSC_SPLITS_DICT
 
 
 # generate_intra_cluster_splits(10 templates), splits 0-9: one task of each FLAN code cluster held
-# out (collapsed variants together), mapped to flanmix names; true_case/word_segment dropped.
+# out (collapsed variants together), mapped to flanmix names; true_case/word_segment dropped; FLAN's
+# wsc is held out with wsc273 (related: the same Winograd schemas).
 FLAN_INTRA = [
     "dart gigaword imdb mrpc natural_questions openbookqa qnli quac record story_cloze winogrande wmt16_ruen",
     "coqa cosmos_qa definite_pronoun_resolution e2e_nlg fix_punct hellaswag mnli_matched mnli_mismatched para_crawl_enes qqp sentiment140 squad_v1 squad_v2 trivia_qa wiki_lingua_en",
-    "arc_challenge arc_easy cb copa multirc newsroom quac record stsb web_nlg wmt16_deen wsc273 yelp_polarity",
+    "arc_challenge arc_easy cb copa multirc newsroom quac record stsb web_nlg wmt16_deen wsc wsc273 yelp_polarity",
     "bool_q common_gen coqa cosmos_qa natural_questions opinion_abstracts_idebate opinion_abstracts_rotten_tomatoes paws_wiki piqa sst2 winogrande wmt16_roen wnli",
     "cnn_dailymail dart definite_pronoun_resolution drop fix_punct imdb mrpc quac record snli story_cloze trivia_qa wmt16_fien",
-    "anli_r1 anli_r2 anli_r3 arc_challenge arc_easy coqa cosmos_qa e2e_nlg hellaswag openbookqa qqp sentiment140 wmt14_enfr wsc273 xsum",
+    "anli_r1 anli_r2 anli_r3 arc_challenge arc_easy coqa cosmos_qa e2e_nlg hellaswag openbookqa qqp sentiment140 wmt14_enfr wsc wsc273 xsum",
     "ag_news copa natural_questions quac record rte squad_v1 squad_v2 stsb web_nlg winogrande wmt16_csen yelp_polarity",
     "common_gen coqa cosmos_qa definite_pronoun_resolution fix_punct multi_news multirc paws_wiki piqa qnli sst2 trivia_qa wmt16_tren",
-    "aeslc arc_challenge arc_easy bool_q dart imdb mnli_matched mnli_mismatched mrpc quac record story_cloze wmt16_ruen wsc273",
+    "aeslc arc_challenge arc_easy bool_q dart imdb mnli_matched mnli_mismatched mrpc quac record story_cloze wmt16_ruen wsc wsc273",
     "cb coqa cosmos_qa drop e2e_nlg hellaswag natural_questions para_crawl_enes qqp samsum sentiment140 winogrande",
 ]  # fmt: skip
 
