@@ -227,8 +227,34 @@ def _markup_join(seq: Any) -> Any:
     return "".join(buf)
 
 
+def check_printed_size(value: Any, *_args: Any, **_kwargs: Any) -> Any:
+    """Refuse to print a container whose text would pass the budget (``[[x] * 1000] * 1000``
+    shares its items, so it is small in memory but not in print); strings pass untouched."""
+    if isinstance(value, (str, int, float)) or value is None:
+        return value
+    if not isinstance(value, (list, tuple, dict, set, frozenset)):
+        return value
+    size, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item) + 4  # quotes, comma, space
+        elif isinstance(item, dict):
+            size += 2
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            size += 2
+            stack.extend(item)
+        else:
+            size += 8
+        if size > LIMITS.chars:
+            raise _too_big("printing a list", size)
+    return value
+
+
 def _str_join(seq: Any) -> str:
-    return checked_join(map(str, seq))
+    return checked_join(str(check_printed_size(x)) for x in seq)
 
 
 class BudgetTemplate(jinja2.Template):
@@ -246,9 +272,11 @@ class BudgetTemplate(jinja2.Template):
 def _checked_filter(name: str, check: Callable[..., None]) -> Callable[..., Any]:
     original = jinja2.filters.FILTERS[name]
 
+    skip = 1 if getattr(original, "jinja_pass_arg", None) is not None else 0  # eval ctx first
+
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        check(*args, **kwargs)
+        check(*args[skip:], **kwargs)
         return original(*args, **kwargs)
 
     return wrapper
@@ -317,9 +345,13 @@ class BudgetSandbox(ImmutableSandboxedEnvironment):
             ("format", _check_format),
             ("replace", _check_replace),
             ("join", _check_join),
+            ("string", check_printed_size),
+            ("tojson", check_printed_size),
+            ("pprint", check_printed_size),
         ):
             self.filters[name] = _checked_filter(name, check)
         self.concat = checked_join  # type: ignore[assignment]
+        self.finalize = check_printed_size  # {{ a_list }} prints its repr: sized first
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         return checked_binop(operator, left, right)

@@ -127,7 +127,7 @@ def check_out(
                 location=loc,
                 hint="choose a new folder; flanmix never deletes files it did not write",
             )
-        if not overwrite and not exists_ok and kind != "empty":
+        if not overwrite and not exists_ok:
             raise error("already exists", location=loc, hint="pass --overwrite to replace it")
     ensure_parent(out, given, error)
     return out

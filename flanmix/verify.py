@@ -115,10 +115,53 @@ def mixture_problems(mixture: Mixture, *, hashes: bool = True) -> list[str]:
                     continue
                 if rows != shard["rows"]:
                     problems.append(f"{name}: {rows} rows, the manifest says {shard['rows']}")
+    if hashes and not problems:
+        problems += content_problems(mixture)
     for path in sorted(mixture.path.rglob("*")):
         rel = path.relative_to(mixture.path).as_posix()
         if path.suffix in DATA_SUFFIXES and rel not in listed and rel not in SIDE_FILES:
             problems.append(f"{rel}: data file not listed in the manifest (datasets would read it)")
+    return problems
+
+
+def content_problems(mixture: Mixture) -> list[str]:
+    """The manifest's claims about the rows against the rows themselves (the ``task`` column):
+    rows per task and split, nothing held out in train, nothing but held-out tasks in eval. An
+    edited manifest (a holdout cleared, counts changed) shows up here."""
+    from collections import Counter
+
+    m = mixture.manifest
+    got: dict[str, Counter] = {}
+    for split in SPLITS:
+        if mixture.shards(split):
+            got[split] = Counter()
+            for batch in mixture.iter_batches(split, columns=["task"]):
+                got[split].update(batch.column(0).to_pylist())
+    problems = []
+    counts = m.get("counts")
+    for split, actual in got.items():
+        want = counts.get(split, {}).get("task") if isinstance(counts, dict) else None
+        if not isinstance(want, dict):
+            continue
+        want = {t: n for t, n in want.items() if n}
+        if want != dict(actual):
+            diff = sorted(set(want) | set(actual), key=lambda t: (want.get(t) == actual.get(t), t))
+            t = diff[0]
+            problems.append(
+                f"manifest: {split} rows of {t!r}: the manifest says {want.get(t, 0)}, "
+                f"the shards hold {actual.get(t, 0)}"
+            )
+    holdout = m.get("holdout")
+    held = set(holdout.get("tasks") or []) if isinstance(holdout, dict) else None
+    if held is not None:
+        leaked = sorted(t for t in got.get("train", {}) if t in held)
+        if leaked:
+            problems.append(f"manifest holds out {leaked[0]!r}, but the train split has its rows")
+        stray = sorted(t for t in got.get("eval", {}) if t not in held)
+        if stray:
+            problems.append(
+                f"the eval split has rows of {stray[0]!r}, which the manifest does not hold out"
+            )
     return problems
 
 

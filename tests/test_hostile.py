@@ -237,6 +237,17 @@ def test_verify_rejects_planted_files_escaping_paths_and_inconsistent_manifests(
 
     assert "lacks sha256" in tampered("nokeys", edit(nokeys))
 
+    def clear_holdout(m):
+        m["holdout"]["clusters"], m["holdout"]["tasks"] = [], []
+
+    assert "does not hold out" in tampered("holdout", edit(clear_holdout))
+
+    def counts(m):
+        task = next(iter(m["counts"]["train"]["task"]))
+        m["counts"]["train"]["task"][task] += 7
+
+    assert "the shards hold" in tampered("counts", edit(counts))
+
 
 def test_the_dataset_card_names_exact_files(built):
     card = (built / "README.md").read_text()
@@ -403,6 +414,9 @@ HUGE = {
     "printing_loop": "{% for i in range(99999) %}{% for j in range(99999) %}xxxxxxxx{% endfor %}{% endfor %}",
     "doubling": "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
     "silent_loop": "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+    "join": "{{ ([x * 100000] * 1000) | join(',') }}",
+    "nested_print": "{% set a = [x] * 1000 %}{% set b = [a] * 1000 %}{{ [b] * 1000 }}",
+    "nested_concat": "{% set a = [x] * 1000 %}{% set b = [a] * 1000 %}{{ 'x' ~ b }}",
     "regex": "{{ ('a' * 60 ~ 'b') | regex_replace('(a|aa)+$', '') }}",
 }
 
