@@ -14,6 +14,12 @@
   (``rouge-score``, stemmed, best over the references) and corpus ``bleu`` (sacreBLEU, all references).
   EM and F1 are always computed; ROUGE and BLEU when the row's ``metrics`` (the task file's
   ``evaluation.metrics``) name them. A template's primary metric is the first one its rows name.
+- *Chain-of-thought rows* (format ``cot``/``fs_cot``: targets end "... So the answer is X."), the
+  FLAN v2 way: ``exact_match`` (the primary metric) and ``f1`` compare the final answers only, the
+  text after the last "So the answer is" (any case) up to the end of its line, trailing period and
+  whitespace stripped, taken from the prediction and from every reference (a reference without the
+  phrase counts whole); a prediction without the phrase has no answer and scores 0. ROUGE and BLEU
+  still compare the full texts.
 - *Decode budget*: per template, the 95th percentile of its targets' length in tokens plus 2, at
   most ``max_new_tokens_cap`` (256); ``max_new_tokens`` sets one budget for every template.
 
@@ -133,6 +139,36 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+_COT_ANSWER = re.compile(r"so the answer is", re.IGNORECASE)
+
+
+def is_cot_row(row: dict[str, Any]) -> bool:
+    """A chain-of-thought eval row (its template has ``cot: true``)."""
+    return row.get("format") in ("cot", "fs_cot")
+
+
+def cot_answer(text: str) -> str | None:
+    """The final answer of a chain of thought: what follows the last "So the answer is" (any case)
+    up to the end of that line, without a trailing period or whitespace; None without the phrase."""
+    found = list(_COT_ANSWER.finditer(text))
+    if not found:
+        return None
+    return text[found[-1].end() :].split("\n", 1)[0].strip().rstrip(".").rstrip()
+
+
+def cot_answer_metrics(
+    predictions: list[str], references: list[list[str]]
+) -> tuple[list[str | None], dict[str, np.ndarray]]:
+    """Chain-of-thought rows: each prediction's final answer (None without "So the answer is") and
+    per-row ``exact_match`` and ``f1`` of it against the references' final answers (a reference
+    without the phrase counts whole); a prediction without an answer scores 0."""
+    answers = [cot_answer(p) for p in predictions]
+    gold = [[a if (a := cot_answer(r)) is not None else r for r in refs] for refs in references]
+    per_row = row_metrics([a or "" for a in answers], gold, ["exact_match", "f1"])
+    found = np.array([a is not None for a in answers], dtype=np.float64)
+    return answers, {m: values * found for m, values in per_row.items()}
+
+
 def _bleu():
     from sacrebleu.metrics import BLEU
 
@@ -224,6 +260,8 @@ def generation_scores(
 def row_primary_metric(row: dict[str, Any]) -> str:
     if row.get("options") and row.get("answer_index") is not None:
         return "accuracy"
+    if is_cot_row(row):  # the final answer's exact match, as FLAN v2 scores CoT
+        return "exact_match"
     for name in row.get("metrics") or []:
         if (key := METRIC_ALIASES.get(name.lower())) in GENERATION_METRICS:
             return key
@@ -558,6 +596,11 @@ def score_model(loaded: Loaded, rows: list[dict], cfg: EvalConfig) -> dict[str, 
             texts = [text for _, text in pairs]
             refs = [row["references"] for row, _ in pairs]
             per_row = row_metrics(texts, refs, names)
+            answers = None
+            if is_cot_row(first):  # EM and F1 on the final answers; ROUGE/BLEU on the full texts
+                answers, on_answers = cot_answer_metrics(texts, refs)
+                per_row.update(on_answers)
+                info["answer_found"] = 100.0 * sum(a is not None for a in answers) / len(answers)
             info["kind"], info["metric"] = "generation", metric
             info["max_new_tokens"] = budgets[tid]
             for m in names:
@@ -571,6 +614,8 @@ def score_model(loaded: Loaded, rows: list[dict], cfg: EvalConfig) -> dict[str, 
                     "target": row["targets"],
                     "references": row["references"],
                 }
+                if answers is not None:
+                    pred["answer"] = answers[j]
                 for m in ("exact_match", "f1"):
                     pred[m] = float(per_row[m][j])
                 predictions.append(pred)

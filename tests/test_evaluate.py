@@ -404,3 +404,52 @@ def test_batch_calibration_needs_a_shared_option_set():
         for i in range(4)
     ]
     assert batch_calibrated_correct(shared) == 4  # the "yes" prior removed, every row right
+
+
+def test_cot_answer_is_what_follows_the_last_so_the_answer_is():
+    from flanmix.evaluate import cot_answer
+
+    assert cot_answer("6 * 14 = 84 rolls. 84 - 9 = 75.\nSo the answer is 75.") == "75"
+    assert cot_answer("so the answer is 3. Wait.\nSO THE ANSWER IS (B) $8. \n") == "(B) $8"
+    assert cot_answer("So the answer is yes.\n\nQ: and the next question?") == "yes"
+    assert cot_answer("The answer is 75.") is None  # no phrase, no answer
+
+
+def test_cot_rows_are_scored_on_the_final_answer(tiny, monkeypatch):
+    """FLAN v2's CoT scoring: exact match (primary) and F1 on the answer after the last "So the
+    answer is", from the prediction and the references; ROUGE-L stays on the full text."""
+    import flanmix.evaluate as ev
+    from tests.toy_mixture import row
+
+    targets = [
+        "She bakes 6 * 14 = 84 rolls and sells 84 - 9.\nSo the answer is 75.",
+        "On Tuesday he reads 24 pages, 36 in all.\nSo the answer is 36.",
+        "Four tickets cost 12, the pass 8.\nSo the answer is 4.",
+    ]
+    predictions = [
+        "I multiply six by fourteen and take nine away.\nso the answer is 75",  # other steps, right
+        "On Tuesday he reads 24 pages, 36 in all.\nSo the answer is 38.",  # same steps, wrong
+        "Four tickets cost 12, the pass 8. The answer is 4.",  # no phrase: no answer
+    ]
+    rows = [
+        dict(
+            row(f"Q{i}", t, "cot_gsm8k", "cot", "work_it_out", metrics=["rouge_l"], index=i),
+            format="cot",
+        )  # fmt: skip
+        for i, t in enumerate(targets)
+    ]
+    monkeypatch.setattr(ev, "generate", lambda loaded, rows, cfg, bar, max_new_tokens: [predictions[int(r["inputs"][1:])] for r in rows])  # fmt: skip
+    out = ev.score_model(tiny, rows, EvalConfig(progress=False, resamples=0))
+    info = out["templates"]["cot_gsm8k.work_it_out"]
+    assert info["metric"] == "exact_match" and info["score"] == pytest.approx(100 / 3)
+    assert info["answer_found"] == pytest.approx(200 / 3)
+    assert [p["answer"] for p in out["predictions"]] == ["75", "38", None]
+    assert [p["exact_match"] for p in out["predictions"]] == [100, 0, 0]
+    whole = row_metrics(predictions, [[t] for t in targets], ["rouge_l"])["rouge_l"]
+    assert info["rouge_l"] == pytest.approx(whole.mean())  # full texts: the wrong row scores high
+    assert whole[1] > 90
+    # a row of a template without cot: true is scored on its whole target, as before
+    plain = [dict(r, format="zs_noopt") for r in rows]
+    info = ev.score_model(tiny, plain, EvalConfig(progress=False, resamples=0))["templates"]
+    assert info["cot_gsm8k.work_it_out"]["metric"] == "rouge_l"
+    assert info["cot_gsm8k.work_it_out"]["exact_match"] == 0
