@@ -656,7 +656,9 @@ def _run_export(args) -> int:
     if args.fmt == "lm-eval":
         from .lm_eval_export import export_lm_eval
 
-        done = export_lm_eval(args.mixture, args.out, overwrite=args.overwrite)
+        done = export_lm_eval(
+            args.mixture, args.out, overwrite=args.overwrite, verify=not args.no_verify
+        )
         print(f"{args.out}: {len(done['tasks'])} lm-eval tasks, groups {', '.join(done['groups'])}")
         print(
             f"run: lm_eval --model hf --model_args pretrained=DIR --include_path {args.out} --tasks GROUP"

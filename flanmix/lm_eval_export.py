@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlanmixError, Location
-from .mixture import Mixture, clean_stale, publish_dir, tmp_dir_for
+from .mixture import clean_stale, publish_dir, tmp_dir_for
 
 MARKER = "flanmix_lm_eval.json"
 SEPARATOR = "\n"  # flanmix.models.SEPARATOR, kept here so exporting does not import torch
@@ -255,10 +255,13 @@ def export_lm_eval(
     *,
     prefix: str = "flanmix",
     overwrite: bool = False,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Write the eval split of a mixture as lm-eval tasks and cluster groups; returns a summary
     ``{"groups": {group: [task, ...]}, "tasks": {task: rows}, "path": DEST}``."""
-    mixture = Mixture.open(mixture_dir)
+    from .verify import open_verified
+
+    mixture = open_verified(mixture_dir, verify=verify)  # re-hashed: the scores rest on it
     dest = Path(os.path.abspath(dest))
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", prefix):
         raise LmEvalExportError(

@@ -29,6 +29,8 @@ from .errors import FlanmixError, Location
 #: The marker every export and training run holds (compiled mixtures hold manifest.json).
 MARKER = ".flanmix"
 MIXTURE_MARKERS = ("manifest.json", "loco.json")
+#: Markers of other flanmix outputs with their own format (lm-eval task folders).
+OTHER_MARKERS = ("flanmix_lm_eval.json",)
 #: Legacy training runs (made before the marker): these files together mark one.
 RUN_FILES = ("config.yaml", "metrics.jsonl")
 NAME_MAX = 255
@@ -53,6 +55,8 @@ def made_by_flanmix(folder: Path) -> str | None:
             return str(json.loads((folder / MARKER).read_text(encoding="utf-8")).get("kind", "?"))
         except (OSError, ValueError, AttributeError):
             return None
+    if any((folder / name).is_file() for name in OTHER_MARKERS):
+        return "export"
     for name in MIXTURE_MARKERS:
         path = folder / name
         if path.is_file():

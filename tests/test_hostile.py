@@ -186,8 +186,9 @@ def _flip_bit(path: Path, offset: int = 100) -> None:
 def test_export_refuses_a_tampered_mixture_unless_told(tmp_path, built, capsys):
     mix = _copy(built, tmp_path / "mix")
     _flip_bit(Mixture.open(mix).files("train")[0])
-    assert main(["export", str(mix), "-o", str(tmp_path / "e")]) == 2
-    assert "failed verification" in _one_line_error(capsys)
+    for fmt in ("prompt-completion", "lm-eval"):
+        assert main(["export", str(mix), "-o", str(tmp_path / "e"), "--format", fmt]) == 2
+        assert "failed verification" in _one_line_error(capsys)
     assert not (tmp_path / "e").exists()
     # --no-verify skips the hashing (the flip may or may not break the file itself)
     main(["export", str(mix), "-o", str(tmp_path / "e2"), "--no-verify"])
