@@ -73,8 +73,6 @@ def test_recompile_overwrite_then_load_gives_the_new_rows(tmp_path, catalog):
 def test_leave_one_cluster_out_root(tmp_path, catalog, capsys):
     """One datasets config per held-out cluster, no default; inspect and verify cover every
     mixture; export and train name the mixtures to pick from."""
-    import datasets
-
     from flanmix.cli import main
     from flanmix.errors import FlanmixError
 
