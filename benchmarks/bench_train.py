@@ -10,6 +10,10 @@ load on the machine hits both alike.
 
     python benchmarks/bench_train.py                # compiles mixtures/small_offline.yaml offline
     python benchmarks/bench_train.py --hidden 256 --layers 4 --batch-size 16 --seq-len 512
+    python benchmarks/bench_train.py --precision bf16 --packing   # bf16 on both; also flanmix --packing
+
+``--precision`` sets both sides alike (TRL's ``SFTConfig`` defaults to ``bf16=True``; flanmix to
+float32 on CPU): compare float32 with float32 and bfloat16 with bfloat16.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def flanmix_run(model_dir: Path, mixture: Path, out: Path, args) -> float:
+def flanmix_run(model_dir: Path, mixture: Path, out: Path, args, packing: bool = False) -> float:
     from flanmix.train import load_config, train
 
     cfg = load_config(
@@ -43,7 +47,8 @@ def flanmix_run(model_dir: Path, mixture: Path, out: Path, args) -> float:
         seq_len=args.seq_len,
         lr=args.lr,
         warmup_steps=2,
-        packing=False,
+        packing=packing,
+        precision=args.precision,
         eval_examples=0,
         progress=False,
         seed=args.seed,
@@ -88,6 +93,7 @@ def trl_run(model_dir: Path, mixture: Path, out: Path, args) -> float:
         report_to=[],
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        bf16=args.precision == "bf16",  # SFTConfig's default is bf16=True: set both sides alike
         disable_tqdm=True,
         seed=args.seed,
         # flanmix groups batches by length by default; this gives TRL the same (--trl-group-by-length)
@@ -147,6 +153,17 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="both trainers: float32, or bfloat16 autocast (flanmix --bf16, TRL bf16=True)",
+    )
+    parser.add_argument(
+        "--packing",
+        action="store_true",
+        help="also time flanmix --packing in every round (against flanmix unpacked and TRL)",
+    )
+    parser.add_argument(
         "--trl-group-by-length",
         action="store_true",
         help="give TRL length-grouped batches too (train_sampling_strategy='group_by_length')",
@@ -183,12 +200,16 @@ def main() -> None:
     tiny.model.save_pretrained(model_dir)
     tiny.tokenizer.save_pretrained(model_dir)
 
-    ours, theirs = [], []
+    ours, packed, theirs = [], [], []
     for k in range(args.rounds):
         ours.append(flanmix_run(model_dir, mixture, work / f"flanmix-{k}", args))
+        if args.packing:
+            packed.append(flanmix_run(model_dir, mixture, work / f"packed-{k}", args, True))
         theirs.append(trl_run(model_dir, mixture, work / f"trl-{k}", args))
         print(
-            f"round {k + 1}: flanmix {ours[-1]:,.0f} tokens/s, TRL {theirs[-1]:,.0f} tokens/s",
+            f"round {k + 1}: flanmix {ours[-1]:,.0f} tokens/s, "
+            + (f"flanmix --packing {packed[-1]:,.0f} tokens/s, " if packed else "")
+            + f"TRL {theirs[-1]:,.0f} tokens/s",
             flush=True,
         )
     a, b = statistics.median(ours), statistics.median(theirs)
@@ -201,6 +222,7 @@ def main() -> None:
     print()
     print(
         f"tiny Llama ({params / 1e6:.2f}M params), batch {args.batch_size}, seq_len {args.seq_len}, {args.steps} steps, "
+        f"{args.precision} on both sides, "
         f"{device}; torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"
     )
     print()
@@ -210,6 +232,11 @@ def main() -> None:
     grouping = " (group_by_length)" if args.trl_group_by_length else ""
     print(f"| TRL SFTTrainer{grouping} | {b:,.0f} |")
     print(f"| **ratio flanmix / TRL** | **{a / b:.2f}** |")
+    if packed:
+        c = statistics.median(packed)
+        print(f"| flanmix train --packing | {c:,.0f} |")
+        print(f"| **ratio packed / unpacked** | **{c / a:.2f}** |")
+        print(f"| **ratio packed / TRL** | **{c / b:.2f}** |")
 
 
 if __name__ == "__main__":

@@ -364,3 +364,44 @@ def test_bf16_autocast_on_cpu_and_unknown_precision(mixture, tmp_path):
     assert len(log) == 2 and all(r["loss"] > 0 for r in log)
     with pytest.raises(FlanmixError, match="precision 'fp16' is not auto, fp32 or bf16"):
         run(mixture, tmp_path / "fp16", "max_steps=1", "precision=fp16")
+
+
+@pytest.mark.parametrize("grouped_kv", [False, True])
+def test_packed_attention_gives_each_example_its_loss_alone(grouped_kv):
+    """flanmix.packed_attention (attention per example) against the masked path and against each
+    example run alone: the same loss and the same gradients, padding and a second row included."""
+    from flanmix.models import build_tiny
+    from flanmix.packed_attention import use_packed_attention
+
+    shape = {"hidden_size": 32, "intermediate_size": 64, "vocab_size": 300}
+    if grouped_kv:
+        shape["num_attention_heads"] = 4
+    loaded = build_tiny(["some text to train a tokenizer on"] * 4, **shape)
+    model = loaded.model
+    if grouped_kv:  # two key/value heads for four query heads
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(**{**model.config.to_dict(), "num_key_value_heads": 2})
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    rows = [[0, 1, 2], [2, 0]]
+    batch = collate(rows, EXAMPLES, "causal", 0, packing=True)[0]
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = target_loss_sum(model, batch, "causal")
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters()]
+
+    masked, masked_grads = loss_and_grads()
+    assert use_packed_attention(model) and model.config._attn_implementation == "flanmix_packed"
+    packed, packed_grads = loss_and_grads()
+    with torch.no_grad():
+        alone = sum(
+            float(target_loss_sum(model, collate([[i]], EXAMPLES, "causal", 0, False)[0], "causal"))
+            for row in rows
+            for i in row
+        )
+    assert packed == pytest.approx(masked, rel=1e-5) and packed == pytest.approx(alone, rel=1e-5)
+    for a, b in zip(packed_grads, masked_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
