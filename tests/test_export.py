@@ -93,11 +93,21 @@ def test_export_jsonl_and_cli(tmp_path, mixture):
 
 
 def test_export_refuses_existing_dest_and_non_mixture(tmp_path, mixture):
+    # an existing empty folder holds nothing to lose: it needs --overwrite, then it is filled
     (tmp_path / "dest").mkdir()
-    with pytest.raises(FlanmixError, match="exists"):
+    with pytest.raises(FlanmixError, match="already exists"):
         export_mixture(mixture, tmp_path / "dest")
+    export_mixture(mixture, tmp_path / "dest", overwrite=True)
+    assert (tmp_path / "dest" / ".flanmix").is_file()
+    # a non-empty folder flanmix did not make is refused, --overwrite or not, and left as it was
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(FlanmixError, match="not a folder flanmix made"):
+            export_mixture(mixture, tmp_path / "mine", overwrite=overwrite)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     with pytest.raises(FlanmixError, match="manifest.json is missing"):
-        export_mixture(tmp_path / "dest", tmp_path / "other")
+        export_mixture(tmp_path / "mine", tmp_path / "other")
 
 
 def test_export_card_loads_splits_and_separator(tmp_path, mixture):
