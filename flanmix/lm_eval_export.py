@@ -74,18 +74,26 @@ def _is_options(row: dict[str, Any]) -> bool:
     return bool(row.get("options")) and row.get("answer_index") is not None
 
 
+def _is_cot(row: dict[str, Any]) -> bool:
+    """A chain-of-thought row (``flanmix.evaluate.is_cot_row``): scored on its final answer."""
+    return row.get("format") in ("cot", "fs_cot")
+
+
 def gen_metrics(rows: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """(primary metric, metrics to report) of generation rows: EM and F1 always, ROUGE or BLEU
-    when the rows' ``metrics`` name them; the primary is the first named (ROUGE-L by default)."""
+    when the rows' ``metrics`` name them; the primary is the first named (ROUGE-L by default).
+    Chain-of-thought rows score exact match on their final answers (the primary when every row is
+    one) and report ``answer_found``, the share of predictions that give one."""
     named: list[str] = []
-    for row in rows:
+    for row in sorted(rows, key=_is_cot):  # the other rows' metrics first: they give the primary
         for m in row.get("metrics") or []:
             key = METRIC_NAMES.get(m.lower())
             if key and key not in named:
                 named.append(key)
-    primary = named[0] if named else "rougeL"
+    cot = [_is_cot(row) for row in rows]
+    primary = "exact_match" if all(cot) else named[0] if named else "rougeL"
     wanted = {"exact_match", "f1", primary, *named}
-    return primary, [m for m in GEN_ORDER if m in wanted]
+    return primary, [m for m in GEN_ORDER if m in wanted] + (["answer_found"] if any(cot) else [])
 
 
 def decode_budget(rows: list[dict[str, Any]], floor: int = 16, cap: int = 512) -> int:
@@ -145,9 +153,8 @@ def _task_yaml(leaf: dict[str, Any], data_file: Path) -> str:
         metrics = [
             (m, "template_bleu" if m == "bleu" else "template_mean") for m in leaf["metrics"]
         ]
-    if leaf["scored"]:
-        primary = leaf["primary"]
-        metrics.append(("score", "template_bleu" if primary == "bleu" else "template_mean"))
+    if leaf["scored"]:  # each template's own primary metric, then the mean over templates
+        metrics.append(("score", "template_score"))
     for metric, agg in metrics:
         lines += [
             f"  - metric: {metric}",
@@ -239,10 +246,12 @@ def _doc(row: dict[str, Any], leaf: dict[str, Any]) -> dict[str, Any]:
         "prompt": row["inputs"] + SEPARATOR,
         "targets": row["targets"],
         "references": _references(row),
-        "primary_metric": leaf["primary"],
+        "primary_metric": "exact_match" if _is_cot(row) else leaf["primary"],
         "report_metrics": leaf["metrics"],
         "scored": leaf["scored"],
     }
+    if leaf["kind"] == "generation":
+        doc["cot"] = _is_cot(row)
     if leaf["kind"] == "options":
         doc["options"] = list(row["options"])
         doc["answer_index"] = int(row["answer_index"])

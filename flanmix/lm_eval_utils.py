@@ -14,8 +14,15 @@ each row), so per-row values are ``(template_id, value)`` pairs and the aggregat
   ``references``; ``rouge1``/``rouge2``/``rougeL`` F-measures (stemmed) and corpus ``bleu``
   (sacreBLEU) against the first reference (the target) when the task lists them. These are
   ``flanmix evaluate``'s definitions (``flanmix.evaluate``);
-- ``score`` (rows of a task's scored kind, ``doc["scored"]``): the task's primary metric (``acc``
-  for options tasks), which the cluster groups average.
+- chain-of-thought rows (``doc["cot"]``): ``exact_match`` and ``f1`` compare final answers only,
+  the text after the last "So the answer is" (any case) up to the end of its line, trailing period
+  and whitespace stripped, from the prediction and from each reference (a reference without the
+  phrase counts whole); a prediction without the phrase scores 0. ``answer_found`` is the share of
+  predictions with the phrase. ROUGE and BLEU still compare the full texts (``flanmix evaluate``'s
+  rule, :func:`flanmix.evaluate.cot_answer`);
+- ``score`` (rows of a task's scored kind, ``doc["scored"]``): the row's primary metric
+  (``doc["primary_metric"]``: ``acc`` for options tasks, ``exact_match`` for chain-of-thought rows),
+  averaged per template (:func:`template_score`), which the cluster groups average.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from collections import Counter, defaultdict
 
 GEN_METRICS = ("exact_match", "f1", "rouge1", "rouge2", "rougeL", "bleu")
 _PUNCT = set(string.punctuation)
+_COT_ANSWER = re.compile(r"so the answer is", re.IGNORECASE)
 
 
 def normalize_answer(text: str) -> str:
@@ -45,6 +53,15 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(pred), common / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+def cot_answer(text: str) -> str | None:
+    """The final answer of a chain of thought: what follows the last "So the answer is" (any case)
+    up to the end of that line, without a trailing period or whitespace; None without the phrase."""
+    found = list(_COT_ANSWER.finditer(text))
+    if not found:
+        return None
+    return text[found[-1].end() :].split("\n", 1)[0].strip().rstrip(".").rstrip()
 
 
 def references(doc: dict) -> list[str]:
@@ -80,9 +97,17 @@ def process_generation(doc: dict, results: list) -> dict:
     tid = doc["template_id"]
     wanted = set(doc.get("report_metrics") or ("exact_match", "f1"))
     out: dict = {}
-    norm = normalize_answer(prediction)
-    out["exact_match"] = (tid, 100.0 * max(norm == normalize_answer(r) for r in refs))
-    out["f1"] = (tid, 100.0 * max(token_f1(prediction, r) for r in refs))
+    answer, gold = prediction, refs
+    if doc.get("cot"):  # EM and F1 on the final answers only
+        answer = cot_answer(prediction)
+        gold = [a if (a := cot_answer(r)) is not None else r for r in refs]
+        out["answer_found"] = (tid, 100.0 * (answer is not None))
+    if answer is None:
+        out["exact_match"] = out["f1"] = (tid, 0.0)
+    else:
+        norm = normalize_answer(answer)
+        out["exact_match"] = (tid, 100.0 * max(norm == normalize_answer(r) for r in gold))
+        out["f1"] = (tid, 100.0 * max(token_f1(answer, r) for r in gold))
     rouge = [m for m in ("rouge1", "rouge2", "rougeL") if m in wanted]
     if rouge:
         from rouge_score import rouge_scorer
@@ -131,3 +156,17 @@ def template_bleu(items: list) -> float:
     if not groups:
         return 0.0
     return sum(corpus_bleu(v) for v in groups.values()) / len(groups)
+
+
+def template_score(items: list) -> float:
+    """The task's score: mean over templates of each template's primary metric, a mean over its
+    rows or, for BLEU ((prediction, reference) pairs), its corpus BLEU; templates may differ (a
+    chain-of-thought template scores exact match next to a ROUGE-L one)."""
+    groups = _by_template(items)
+    if not groups:
+        return 0.0
+    values = [
+        corpus_bleu(v) if isinstance(v[0], (tuple, list)) else sum(v) / len(v)
+        for v in groups.values()
+    ]
+    return sum(values) / len(groups)

@@ -13,9 +13,11 @@ from flanmix.cli import main
 from flanmix.lm_eval_export import LmEvalExportError, decode_budget, export_lm_eval, plan_leaves
 from flanmix.lm_eval_utils import (
     corpus_bleu,
+    cot_answer,
     process_generation,
     process_options,
     template_mean,
+    template_score,
     token_f1,
 )
 from tests.toy_mixture import copy_rows, row, sentiment_rows, toy_mixture, write_mixture
@@ -66,6 +68,8 @@ def test_export_writes_tasks_groups_and_data(tmp_path):
         "bleu",
         "score",
     ]
+    score = next(m for m in copy["metric_list"] if m["metric"] == "score")
+    assert score["aggregation"] == "!function utils.template_score"
     assert next(m for m in copy["metric_list"] if m["metric"] == "bleu")["aggregation"] == (
         "!function utils.template_bleu"
     )
@@ -149,3 +153,104 @@ def test_decode_budget_follows_the_references():
     rows = [row("q", "x" * 100, "t", "c", "a")] * 3
     assert decode_budget(rows) == 50
     assert decode_budget([row("q", "yes", "t", "c", "a")]) == 16
+
+
+# ----------------------------------------------------------------------------- chain of thought
+
+COT_GOLD = "She bakes 6 * 14 = 84 rolls.\nShe sells 84 - 9 = 75 rolls.\nSo the answer is 75."
+
+
+def cot_rows():
+    steps = "She sells 84 - 9 = 75 rolls.\nSo the answer is 75."
+    return [
+        {**row(f"Question {i}: how many rolls?", steps, "cot_gsm8k", "cot", tid, index=i),
+         "format": "cot", "metrics": ["rouge_l"]}
+        for i in range(3)
+        for tid in ("work_it_out", "word_problem")
+    ]  # fmt: skip
+
+
+def test_cot_answer_is_the_text_after_the_last_phrase():
+    assert cot_answer("So the answer is 3. Wait.\nso THE ANSWER IS (B) 8.\nThanks") == "(B) 8"
+    assert cot_answer("x = 4. So the answer is  4 . ") == "4"
+    assert cot_answer("The answer is 4.") is None
+
+
+def test_cot_answer_matches_flanmix_evaluate():
+    evaluate = pytest.importorskip("flanmix.evaluate")  # imports torch
+    for text in (
+        COT_GOLD,
+        "So the answer is 3. Wait.\nso THE ANSWER IS (B) 8.\nThanks",
+        "So the answer is",
+        "So the answer is yes...",
+        "no phrase at all",
+    ):
+        assert cot_answer(text) == evaluate.cot_answer(text), text
+
+
+def test_cot_rows_are_scored_on_their_final_answer():
+    """As ``flanmix evaluate`` scores them: EM and F1 on the answers, ROUGE on the full text."""
+    doc = {
+        "template_id": "cot_gsm8k.work_it_out",
+        "targets": COT_GOLD,
+        "references": [COT_GOLD],
+        "primary_metric": "exact_match",
+        "report_metrics": ["exact_match", "f1", "rougeL", "answer_found"],
+        "scored": True,
+        "cot": True,
+    }
+    right = process_generation(doc, ["84 - 9 makes 75.\nSo the answer is 75."])
+    assert right["exact_match"][1] == right["f1"][1] == 100.0 == right["score"][1]
+    assert right["answer_found"] == ("cot_gsm8k.work_it_out", 100.0)
+    wrong = process_generation(doc, [COT_GOLD.replace("is 75", "is 76")])
+    assert wrong["exact_match"][1] == wrong["f1"][1] == 0.0 == wrong["score"][1]
+    assert wrong["rougeL"][1] > 90 > right["rougeL"][1]  # ROUGE still compares the full texts
+    silent = process_generation(doc, ["She bakes 84 rolls and sells 75 of them."])
+    assert silent["exact_match"][1] == silent["f1"][1] == silent["answer_found"][1] == 0.0
+    whole = process_generation({**doc, "references": ["75"]}, ["So the answer is 75."])
+    assert whole["exact_match"][1] == 100.0  # a reference without the phrase counts whole
+    plain = process_generation({**doc, "cot": False}, ["84 - 9 makes 75.\nSo the answer is 75."])
+    assert plain["exact_match"][1] == 0.0 and "answer_found" not in plain  # whole-text rows
+
+
+def test_export_marks_cot_rows_and_scores_their_exact_match(tmp_path):
+    rows = cot_rows()
+    mix = write_mixture(tmp_path / "mix", {"train": rows, "eval": rows})
+    export_lm_eval(mix, tmp_path / "lm")
+    task = _yaml(tmp_path / "lm" / "flanmix_cot_gsm8k.yaml")
+    assert task["output_type"] == "generate_until"
+    assert task["metadata"]["primary_metric"] == "exact_match"
+    assert [m["metric"] for m in task["metric_list"]] == [
+        "exact_match",
+        "f1",
+        "rougeL",
+        "answer_found",
+        "score",
+    ]
+    docs = [
+        json.loads(x)
+        for x in (tmp_path / "lm/data/flanmix_cot_gsm8k.jsonl").read_text().split("\n")
+        if x
+    ]
+    assert len(docs) == 6 and all(d["cot"] and d["primary_metric"] == "exact_match" for d in docs)
+    # the copied utils.py needs nothing of flanmix: only the standard library and lm-eval's deps
+    import ast
+
+    tree = ast.parse((tmp_path / "lm" / "utils.py").read_text())
+    imported = {
+        (n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
+    assert imported <= {"__future__", "re", "string", "collections", "rouge_score", "sacrebleu"}
+
+
+def test_a_task_mixing_cot_and_plain_templates_scores_each_by_its_own_metric():
+    plain = [row("Repeat: a", "a", "cot_gsm8k", "cot", "plain", metrics=["bleu"], index=i)
+             for i in range(2)]  # fmt: skip
+    (leaf,) = plan_leaves(cot_rows() + plain, "fx")
+    assert leaf["primary"] == "bleu" and leaf["metrics"][-1] == "answer_found"
+    assert template_score(
+        [("t.cot", 100.0), ("t.cot", 0.0), ("t.bleu", ("a b c d", "a b c d"))]
+    ) == pytest.approx(75.0)

@@ -20,6 +20,7 @@ from flanmix.models import (  # noqa: E402
     load_model,
 )
 from flanmix.rank import encode_rows, option_logprobs  # noqa: E402
+from tests.test_lm_eval_export import cot_rows  # noqa: E402
 from tests.toy_mixture import copy_rows, row, sentiment_rows, write_mixture  # noqa: E402
 
 TOL = 1e-4
@@ -137,12 +138,12 @@ def test_export_runs_in_lm_eval_with_flanmix_numbers(saved, tmp_path):
 
     folder, loaded = saved
     rows = options_rows()
-    mix = write_mixture(tmp_path / "mix", {"train": rows, "eval": rows + copy_rows()})
+    mix = write_mixture(tmp_path / "mix", {"train": rows, "eval": rows + copy_rows() + cot_rows()})
     export_lm_eval(mix, tmp_path / "lm")
     out = simple_evaluate(
         model="hf",
         model_args=f"pretrained={folder},dtype=float32",
-        tasks=["flanmix_sentiment", "flanmix_struct_to_text"],
+        tasks=["flanmix_sentiment", "flanmix_struct_to_text", "flanmix_cot"],
         task_manager=TaskManager(include_path=str(tmp_path / "lm")),
         device="cpu",
         batch_size=8,
@@ -170,6 +171,10 @@ def test_export_runs_in_lm_eval_with_flanmix_numbers(saved, tmp_path):
     assert results["flanmix_sst2"]["acc,none"] == pytest.approx(flanmix_acc)
     assert results["flanmix_sentiment"]["score,none"] == pytest.approx(flanmix_acc)
     assert {"exact_match,none", "f1,none", "bleu,none"} <= set(results["flanmix_copy"])
+    # chain-of-thought rows: scored on the final answer, which an untrained model never gives
+    cot = results["flanmix_cot_gsm8k"]
+    assert cot["answer_found,none"] == cot["exact_match,none"] == cot["score,none"] == 0.0
+    assert results["flanmix_cot"]["score,none"] == 0.0
     assert "score,none" in results["flanmix_struct_to_text"]
 
 
