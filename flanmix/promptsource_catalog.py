@@ -19,6 +19,7 @@ compile-ready task and, if not, why. The folder is written whole or not at all.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
 from collections import Counter
@@ -82,6 +83,14 @@ def load_table(path: str | Path = HUB_TABLE) -> dict[str, dict[str, Any]]:
                 f"entry {key!r} needs 'hub' (a mapping, or null with 'evidence') and 'cluster'",
                 location=Location(file=str(path)),
             )
+        values = entry.get("sample_values")
+        if values is not None and not (
+            isinstance(values, dict) and all(isinstance(v, list) and v for v in values.values())
+        ):
+            raise TaskFileError(
+                f"entry {key!r}: 'sample_values' maps a field path to a non-empty list of values",
+                location=Location(file=str(path)),
+            )
     return entries
 
 
@@ -98,8 +107,18 @@ def load_selection(name: str) -> list[str] | None:
 # ----------------------------------------------------------------------------- sample rows
 
 
-def _synth(spec: Any, path: str, variant: int, examples: dict[str, list[str]]) -> Any:
-    """A value of a field spec (task-file syntax), different per ``variant``."""
+def _synth(
+    spec: Any,
+    path: str,
+    variant: int,
+    examples: dict[str, list[str]],
+    values: dict[str, list[Any]] | None = None,
+) -> Any:
+    """A value of a field spec (task-file syntax), different per ``variant``. ``values`` (the hub
+    table's ``sample_values``) gives whole values by dotted path, cycled over the variants."""
+    values = values or {}
+    if path in values:
+        return copy.deepcopy(values[path][variant % len(values[path])])
     if isinstance(spec, str):
         if spec.startswith("list["):
             item = spec[5:-1]
@@ -117,7 +136,10 @@ def _synth(spec: Any, path: str, variant: int, examples: dict[str, list[str]]) -
     if kind == "class_label":
         return variant % len(spec["names"])
     if kind == "struct":
-        return {k: _synth(v, f"{path}.{k}", variant, examples) for k, v in spec["fields"].items()}
+        return {
+            k: _synth(v, f"{path}.{k}", variant, examples, values)
+            for k, v in spec["fields"].items()
+        }
     if kind == "list":
         return [_synth(spec["item"], f"{path} {i + 1}", variant, {}) for i in range(4 + variant)]
     return _synth(kind or "string", path, variant, examples)
@@ -132,6 +154,11 @@ def _paths(fields: dict[str, Any], want: str, prefix: tuple = ()) -> list[tuple[
         elif isinstance(spec, dict) and spec.get("type") == "struct":
             out.extend(_paths(spec["fields"], want, (*prefix, name)))
     return out
+
+
+def _pinned(path: tuple[str, ...], values: dict[str, list[Any]]) -> bool:
+    """Whether ``path`` or a struct above it has sample values."""
+    return any(".".join(path[: i + 1]) in values for i in range(len(path)))
 
 
 def _get(row: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -151,18 +178,25 @@ def sample_rows(
     templates: list[dict[str, Any]],
     n: int = 5,
     align: tuple[str, ...] | None = None,
+    values: dict[str, list[Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """``n`` rows in the schema ``fields``, using constants the templates compare fields with.
     With ``align`` (the path of a list-of-strings field), every other string field takes one of
     that list's items, so templates that look an answer up in its options (``choices.index(
-    answer)``) find it."""
+    answer)``) find it. ``values`` (dotted path -> values, cycled over the rows) pins fields to
+    values of the real data's shape, e.g. a list with the dataset's real number of options."""
     examples = infer_examples(templates)
-    rows = [{name: _synth(s, name, v, examples) for name, s in fields.items()} for v in range(n)]
+    values = values or {}
+    rows = [
+        {name: _synth(s, name, v, examples, values) for name, s in fields.items()} for v in range(n)
+    ]
     if align is not None:
         for v, row in enumerate(rows):
             items = _get(row, align)
+            if not items:  # a list pinned empty by sample_values: nothing to align with
+                continue
             for path in _paths(fields, "string"):
-                if ".".join(path) not in examples:
+                if ".".join(path) not in examples and not _pinned(path, values):
                     _set(row, path, items[v % len(items)])
     return rows
 
@@ -270,8 +304,11 @@ def ready_task(result: FileImport, entry: dict[str, Any], key: str) -> Outcome:
     # sample rows: plain, or with the string fields aligned to one list field; the set under
     # which most templates render wins (ties: the first, plain rows)
     best: tuple[list[str], Counter, list[dict]] | None = None
-    for align in [None, *_paths(fields, "list[string]")]:
-        task["samples"] = sample_rows(fields, templates, align=align)
+    fixed = entry.get("sample_values") or {}
+    for align in [None, *(p for p in _paths(fields, "list[string]") if not _pinned(p, fixed))]:
+        task["samples"] = sample_rows(
+            fields, templates, align=align, values=entry.get("sample_values")
+        )
         try:
             ok, why = _renders(Task.model_validate(task))
         except (ValidationError, FlanmixError) as exc:

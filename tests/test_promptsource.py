@@ -455,3 +455,41 @@ def test_random_and_most_frequent_all_filters():
     assert picks == {"a", "b", "c"}
     assert all(t.render(row, 5) == t.render(row, 5) for _ in range(3))
     assert t.render(row).target == "a,b"
+
+
+# ----------------------------------------------------------------------------- catalog mode: the hub table
+
+
+def test_every_t0sf_dataset_with_a_hub_copy_pins_its_real_features():
+    """The T0-SF tasks take their fields from the real features, with evidence for each."""
+    from flanmix.promptsource_catalog import load_selection, load_table
+
+    table = load_table()
+    for key in load_selection("t0sf"):
+        entry = table[key]
+        assert entry.get("evidence"), key
+        if entry["hub"]:
+            assert entry.get("features"), f"{key}: no pinned features"
+
+
+def test_sample_values_pin_whole_fields_and_bad_ones_are_refused(tmp_path):
+    from flanmix.errors import TaskFileError
+    from flanmix.promptsource_catalog import load_table, sample_rows
+
+    fields = {
+        "choices": {"type": "struct", "fields": {"text": "list[string]", "label": "list[string]"}},
+        "answer": "string",
+        "other": "string",
+    }
+    values = {"choices.label": [["A", "B", "C"]], "answer": ["A", "B"]}
+    rows = sample_rows(fields, [], n=3, align=("choices", "text"), values=values)
+    assert [r["choices"]["label"] for r in rows] == [["A", "B", "C"]] * 3
+    assert [r["answer"] for r in rows] == ["A", "B", "A"]  # cycled, not overwritten by align
+    assert rows[0]["other"] in rows[0]["choices"]["text"]  # unpinned strings still align
+
+    bad = tmp_path / "hub.yaml"
+    bad.write_text(
+        "datasets:\n  x:\n    hub: {path: a/b}\n    cluster: c\n    sample_values: {f: []}\n"
+    )
+    with pytest.raises(TaskFileError, match="sample_values"):
+        load_table(bad)
