@@ -103,6 +103,46 @@ def mixture_front_matter(manifest: dict[str, Any]) -> str:
     return front_matter([config], [info])
 
 
+def mixture_card(manifest: dict[str, Any]) -> str:
+    """A compiled mixture's ``README.md``: front matter so ``datasets.load_dataset(OUT)`` finds the
+    splits, then the rows per split and cluster, what is held out and every task's source."""
+    lines = [mixture_front_matter(manifest), f"# {manifest['name']}", ""]
+    if manifest["spec"].get("description"):
+        lines += [manifest["spec"]["description"], ""]
+    lines += [
+        f"Compiled by flanmix {manifest['flanmix_version']} with seed {manifest['seed']}"
+        + (" **offline: sources are the task files' samples**" if manifest["offline"] else "")
+        + ".",
+        "",
+        "| split | rows | shards |",
+        "|---|---:|---:|",
+    ]
+    for split in ("train", "eval"):
+        info = manifest["splits"].get(split, {})
+        lines.append(f"| {split} | {info.get('rows', 0)} | {len(info.get('shards', []))} |")
+    lines += [
+        "",
+        "Held out: "
+        + (
+            ", ".join(manifest["holdout"]["clusters"] + [t for t in manifest["holdout"]["tasks"]])
+            or "nothing"
+        ),
+        "",
+    ]
+    lines += ["## Rows per cluster (train)", "", "| cluster | rows |", "|---|---:|"]
+    for c, n in manifest["counts"]["train"]["cluster"].items():
+        lines.append(f"| {c} | {n} |")
+    lines += ["", "## Sources", "", "| task | role | source |", "|---|---|---|"]
+    for _key, info in manifest["tasks"].items():
+        lines.append(f"| {info['task']} | {info['role']} | {info['source']} |")
+    if manifest.get("skipped_tasks"):  # left out: no such split, no rows, or a broken source
+        lines += ["", "## Skipped", "", "| task | role | why |", "|---|---|---|"]
+        for key, why in manifest["skipped_tasks"].items():
+            role, task = key.split(":", 1)
+            lines.append(f"| {task} | {role} | {why.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
 def loco_card(index: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> str:
     """The card of a leave-one-cluster-out root: one config per held-out cluster, no ``default``.
 

@@ -508,7 +508,8 @@ def _run_compile(args) -> int:
     if args.allow_outside_sources:
         os.environ[ALLOW_OUTSIDE] = "1"  # read by the task schema and the sources (and workers)
 
-    from .write import compile_mixture, composition_report
+    from .compile import compile_mixture
+    from .report import composition_report
 
     catalog = None
     if args.root is not None:
@@ -559,7 +560,7 @@ def _add_inspect(sub) -> None:
 
 def _run_inspect(args) -> int:
     from .mixture import loco_mixtures
-    from .write import composition_report, plot_composition
+    from .report import composition_report, plot_composition
 
     loco = loco_mixtures(args.mixture)
     if loco:  # a leave-one-cluster-out root: every mixture in it
@@ -603,7 +604,7 @@ def _verify_one(path: Path) -> int:
     from .mixture import Mixture
     from .verify import mixture_problems
 
-    mixture = Mixture.open(path)
+    mixture = Mixture.open(path, validate=False)  # every problem is listed below
     problems = mixture_problems(mixture)
     for problem in problems:
         print(f"{path}: {problem}")
@@ -911,7 +912,7 @@ def _run_sources_check(args) -> int:
     folders: dict[str, Path] = {}
     if len(targets) == 1 and targets[0].endswith((".yaml", ".yml")) and Path(targets[0]).is_file():
         from .catalog import load_catalog
-        from .mix import spec_source_uses
+        from .plan import spec_source_uses
         from .spec import load_spec
 
         spec, base = load_spec(targets[0])

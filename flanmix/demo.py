@@ -40,10 +40,10 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Lint the template library, compile the offline mixture, train tiny, evaluate; returns paths."""
+    from .compile import compile_mixture
     from .evaluate import EvalConfig, evaluate
     from .lint import lint_paths
     from .train import load_config, train
-    from .write import compile_mixture
 
     out = Path(out)
     timings: dict[str, float] = {}

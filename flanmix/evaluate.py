@@ -49,7 +49,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import string
 import sys
 import warnings
@@ -62,7 +61,7 @@ import numpy as np
 import torch
 
 from .errors import FlanmixError, Location
-from .mixture import Mixture, clean_stale, publish_dir, tmp_dir_for
+from .mixture import Mixture
 from .models import (
     Loaded,
     encode_continuation,
@@ -70,6 +69,7 @@ from .models import (
     load_model,
     padded,
 )
+from .publish import staging
 from .rank import encode_rows, option_logprobs
 from .render import hash64
 
@@ -1011,20 +1011,12 @@ def evaluate(
     if baseline:
         predictions["baseline"] = results["baseline"].pop("predictions")
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(out)
-    tmp = tmp_dir_for(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staging(out) as tmp:
         charts = cluster_charts(results, tmp / "charts")
         results["charts"] = [str(out / "charts" / p.name) for p in charts]
         (tmp / "predictions.json").write_text(json.dumps(predictions, indent=1) + "\n")
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "results.md").write_text(markdown_report(results))
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     results["paths"] = {
         "json": str(out / "results.json"),
         "markdown": str(out / "results.md"),

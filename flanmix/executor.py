@@ -1,7 +1,7 @@
 """Where a compile's jobs run: an :class:`Executor` maps a job function over picklable jobs.
 
 Every worker builds its state once, ``setup(context)`` (for the compile: a unit renderer from the
-plan's :class:`~flanmix.mix.WorkerContext`), then runs ``fn(state, job)`` for the jobs it is given.
+plan's :class:`~flanmix.rows.WorkerContext`), then runs ``fn(state, job)`` for the jobs it is given.
 ``fn`` and ``setup`` are module-level functions, so they travel by name. Results come back in the
 order of the jobs, so what is written never depends on the executor or the number of workers.
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from .errors import FlanmixError, Location
-from .mixture import SCHEMA, SPLITS, Mixture, clean_stale, publish_dir, shard_name, tmp_dir_for
-from .publish import claim, os_error, write_marker
+from .mixture import SCHEMA, SPLITS, Mixture, shard_name
+from .publish import claim, os_error, staging, write_marker
 from .verify import open_verified
 
 FORMATS = ("prompt-completion", "messages", "text", "jsonl")
@@ -103,12 +102,8 @@ def export_mixture(
 
 
 def _export(mixture, dest, fmt, file_format, splits, separator) -> dict[str, Any]:
-    clean_stale(dest)
-    tmp = tmp_dir_for(dest)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     summary: dict[str, Any] = {}
-    try:
+    with staging(dest) as tmp:  # an existing DEST is replaced only at the end, by renames
         for split in splits:
             files = mixture.shards(split)
             if not files:
@@ -146,10 +141,6 @@ def _export(mixture, dest, fmt, file_format, splits, separator) -> dict[str, Any
             _card(mixture, summary, fmt, file_format, separator), encoding="utf-8"
         )
         write_marker(tmp, "export")
-        publish_dir(tmp, dest)  # an existing DEST is replaced only now, by renames
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlanmixError, Location
-from .mixture import clean_stale, publish_dir, tmp_dir_for
+from .publish import staging
 
 MARKER = "flanmix_lm_eval.json"
 SEPARATOR = "\n"  # flanmix.models.SEPARATOR, kept here so exporting does not import torch
@@ -308,12 +308,9 @@ def export_lm_eval(
                 ),
             )
     leaves = plan_leaves(rows, prefix)
-    clean_stale(dest)
-    tmp = tmp_dir_for(dest)
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "data").mkdir(parents=True)
     groups: dict[str, list[str]] = defaultdict(list)
-    try:
+    with staging(dest) as tmp:
+        (tmp / "data").mkdir()
         for leaf in leaves:
             with open(tmp / "data" / f"{leaf['name']}.jsonl", "w", encoding="utf-8") as fh:
                 for row in leaf["rows"]:
@@ -335,10 +332,6 @@ def export_lm_eval(
         }
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(summary, dest), encoding="utf-8")
-        publish_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {**summary, "path": str(dest)}
 
 

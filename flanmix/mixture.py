@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from .errors import Location, MixtureError
 
@@ -57,9 +56,100 @@ SCHEMA = pa.schema(
         pa.field("references", pa.list_(pa.string())),
         pa.field("source_split", pa.string(), nullable=False),
         pa.field("source_index", pa.int64(), nullable=False),
-        pa.field("example_id", pa.string(), nullable=False),  # stable hash, see flanmix.mix
+        pa.field("example_id", pa.string(), nullable=False),  # stable hash, see flanmix.rows
     ]
 )
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+
+class _Entry(BaseModel):
+    # unknown keys are kept (a newer flanmix may add some); missing or mistyped ones are errors
+    model_config = ConfigDict(extra="allow")
+
+
+class ShardInfo(_Entry):
+    """One shard file of a split: a plain file name in the mixture folder, its rows and sha256."""
+
+    file: str
+    rows: StrictInt = Field(ge=0)
+    sha256: str
+    bytes: StrictInt | None = None
+
+
+class SplitInfo(_Entry):
+    rows: StrictInt = Field(ge=0)
+    shards: list[ShardInfo]
+
+
+class TaskInfo(_Entry):
+    """A task's part in one split: where its rows come from and how many it gave."""
+
+    task: str
+    cluster: str
+    role: Literal["train", "eval"]
+    source: str
+    source_rows: int | None = None
+    selected_rows: int
+    planned: int
+    rows: int
+    shortfall: int | None = None  # train: planned rows lost to skips that no redraw replaced
+
+
+class HoldoutInfo(_Entry):
+    clusters: list[str]
+    tasks: list[str]
+    related: dict[str, str] = Field(default_factory=dict)
+    removed_for_overlap: dict[str, str] = Field(default_factory=dict)
+    overlap_allowed: list[str] = Field(default_factory=list)
+    on_overlap: str | None = None
+
+
+class Manifest(_Entry):
+    """``manifest.json``: what a compile wrote, validated by every reader (:meth:`Mixture.open`).
+
+    The writer (:mod:`flanmix.compile`) checks its dict against this model and writes the dict
+    itself (``json.dumps(indent=2)``), so the file's bytes do not depend on pydantic.
+    """
+
+    format_version: int
+    flanmix_version: str
+    name: str
+    file_format: Literal["parquet", "arrow"] = "parquet"
+    seed: int
+    offline: bool = False
+    uses_samples: bool = False
+    spec_file: str | None = None
+    spec: dict[str, Any]
+    #: compiled mixtures always have one; a hand-written mixture may train and evaluate one task
+    holdout: HoldoutInfo | None = None
+    missing_tasks: list[str] = Field(default_factory=list)
+    skipped_tasks: dict[str, str] = Field(default_factory=dict)
+    tasks: dict[str, TaskInfo]
+    splits: dict[Literal["train", "eval"], SplitInfo]
+    #: split -> cluster | task | template | format -> name -> rows
+    counts: dict[str, dict[str, dict[str, int]]]
+    dropped: dict[str, dict[str, int]]  # split -> reason -> examples
+    redrawn: dict[str, dict[str, int]] = Field(default_factory=dict)
+    few_shot_fallback: dict[str, dict[str, int]] = Field(default_factory=dict)
+    sampling_version: int | None = None
+    python: str | None = None
+    pyarrow: str | None = None
+
+
+def manifest_errors(data: Any) -> list[str]:
+    """Why ``data`` is not a valid manifest, one line per problem ("splits.train.rows: ...")."""
+    try:
+        Manifest.model_validate(data)
+    except ValidationError as exc:
+        out = []
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = "missing" if err["type"] == "missing" else err["msg"]
+            out.append(f"{where}: {msg}")
+        return out
+    return []
 
 
 def shard_name(split: str, index: int, count: int, fmt: str = "parquet") -> str:
@@ -99,7 +189,10 @@ class Mixture:
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | Path) -> Mixture:
+    def open(cls, path: str | Path, *, validate: bool = True) -> Mixture:
+        """Open a published mixture; its manifest is checked against :class:`Manifest` (a missing
+        or mistyped key is a one-line error naming it) unless ``validate`` is false (``flanmix
+        verify``, which lists every problem instead)."""
         path = Path(path)
         mpath = path / MANIFEST
         if not path.is_dir():
@@ -135,7 +228,21 @@ class Mixture:
                 location=Location(file=str(mpath)),
                 hint="recompile the mixture with this version of flanmix",
             )
+        if validate:
+            errors = manifest_errors(manifest)
+            if errors:
+                more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+                raise MixtureError(
+                    f"manifest.json is incomplete: {errors[0]}{more}",
+                    location=Location(file=str(mpath)),
+                    hint="recompile the mixture; 'flanmix verify' lists what is wrong",
+                )
         return cls(path=path, manifest=manifest)
+
+    @property
+    def info(self) -> Manifest:
+        """The manifest as a typed :class:`Manifest` (validated when the mixture was opened)."""
+        return Manifest.model_validate(self.manifest)
 
     @property
     def file_format(self) -> str:
@@ -188,52 +295,3 @@ class Mixture:
         from .verify import mixture_problems
 
         return mixture_problems(self)
-
-
-# ----------------------------------------------------------------------------- publishing
-
-
-def tmp_dir_for(out: Path) -> Path:
-    """The temporary folder a writer of ``out`` fills before :func:`publish_dir` renames it."""
-    return out.parent / f".{out.name}.tmp-{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale(out: Path) -> list[Path]:
-    """Remove temporary folders of writers of ``out`` whose process is gone (and put back an
-    ``out`` a killed :func:`publish_dir` had moved aside)."""
-    removed = []
-    for p in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    for p in out.parent.glob(f".{out.name}.old-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            if not out.exists():  # killed between the two renames: put the old mixture back
-                p.rename(out)
-            else:
-                shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed
-
-
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Move the finished directory into place; an existing OUT is replaced only after success."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)

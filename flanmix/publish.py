@@ -11,6 +11,12 @@ Rules, checked by :func:`claim` before anything is written:
   (task library) and the mixture being read.
 - One writer per OUT: the claim holds an exclusive ``fcntl`` lock on ``.OUT.lock`` next to OUT
   for the whole write; a second writer fails at once with "in use" instead of racing the first.
+
+What is written is staged: :func:`staging` yields a temporary folder next to OUT
+(``.OUT.tmp-<pid>``) and renames it to OUT only when the block ends without an error, so a writer
+killed or failing at any point leaves no OUT (or the old one); the next writer removes the
+leftovers of dead ones. Every folder flanmix publishes (mixtures, exports, evaluation results)
+goes through it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -227,3 +234,72 @@ def os_error(exc: OSError, where: str | Path) -> OutputError:
     }.get(exc.errno, exc.strerror or str(exc))
     name = f" ({exc.filename})" if exc.filename else ""
     return OutputError(f"cannot write: {reason}{name}", location=Location(file=str(where)))
+
+
+# ----------------------------------------------------------------------------- staging
+
+
+def tmp_dir_for(out: Path) -> Path:
+    """The temporary folder a writer of ``out`` fills before :func:`publish_dir` renames it."""
+    return out.parent / f".{out.name}.tmp-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove temporary folders of writers of ``out`` whose process is gone (and put back an
+    ``out`` a killed :func:`publish_dir` had moved aside)."""
+    removed = []
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    for p in out.parent.glob(f".{out.name}.old-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if not out.exists():  # killed between the two renames: put the old mixture back
+                p.rename(out)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Move the finished directory into place; an existing OUT is replaced only after success."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+@contextlib.contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """Stage-then-rename: yields an empty temporary folder next to ``out``; when the block ends
+    without an error it replaces ``out`` (by renames), on any error or interrupt it is removed.
+
+    Leftovers of dead writers of ``out`` are removed first (:func:`clean_stale`).
+    """
+    out = Path(out)
+    clean_stale(out)
+    tmp = tmp_dir_for(out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

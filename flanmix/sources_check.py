@@ -17,7 +17,7 @@ revision ``DIR/owner/name@<revision, URL-quoted>`` (``ybisk/piqa@refs%2Fconvert%
 :mod:`flanmix.repo_fixture` writes such folders from a task's declared features and samples.
 
 :func:`preflight` runs the probe over the sources a compile will read, before anything is rendered,
-so every broken source is reported at once (see :func:`flanmix.mix.plan_mixture`).
+so every broken source is reported at once (see :func:`flanmix.plan.plan_mixture`).
 """
 
 from __future__ import annotations

@@ -421,7 +421,7 @@ def check_names(spec: MixtureSpec, catalog: Any, spec_file: str | None = None) -
     that is not a member of its node (a misspelt name), and a task both in ``tasks`` and in
     ``exclude_tasks`` of one node. Raises :class:`SpecError` located at the spec's line."""
     from .errors import did_you_mean
-    from .mix import _expand, _spec_loc
+    from .plan import node_tasks, spec_location
 
     users: dict[int, tuple[Mixing, str, list[str]]] = {}  # a mixing -> where, its nodes' members
 
@@ -431,12 +431,12 @@ def check_names(spec: MixtureSpec, catalog: Any, spec_file: str | None = None) -
             i = node.tasks.index(both[0])
             raise SpecError(
                 f"task {both[0]!r} is both in tasks and in exclude_tasks",
-                location=_spec_loc(spec_file, f"{where}tasks[{i}]"),
+                location=spec_location(spec_file, f"{where}tasks[{i}]"),
                 hint="keep it in one of the two lists",
             )
         mixing = node.mixing or mixing
         entry = users.setdefault(id(mixing), (mixing, where if node.mixing else "", []))
-        entry[2].extend(_expand(node, catalog, spec, spec_file, where, []))
+        entry[2].extend(node_tasks(node, catalog, spec, spec_file, where, []))
         entry[2].extend(s.name for s in node.submixes)
         for i, sub in enumerate(node.submixes):
             walk(sub, mixing, f"{where}submixes[{i}].")
@@ -447,6 +447,6 @@ def check_names(spec: MixtureSpec, catalog: Any, spec_file: str | None = None) -
             if name not in members:
                 raise SpecError(
                     f"weight for {name!r}, which is not a task or submix of this mixture",
-                    location=_spec_loc(spec_file, f"{where}mixing.weights.{name}"),
+                    location=spec_location(spec_file, f"{where}mixing.weights.{name}"),
                     hint=did_you_mean(name, members) or "members: " + ", ".join(members[:20]),
                 )

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import Location, MixtureError
-from .mixture import MANIFEST, SPLITS, Mixture, sha256_file
+from .mixture import MANIFEST, SPLITS, Mixture, manifest_errors, sha256_file
 
 DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json", ".csv")
 SIDE_FILES = {MANIFEST, "stats.json"}
@@ -81,6 +81,8 @@ def manifest_problems(manifest: Any) -> list[str]:
             problems.append(
                 f"manifest: {split} says {info['rows']} rows but its shards hold {total}"
             )
+    if not problems:  # the rest of the typed manifest: every key a reader needs
+        problems = [f"manifest: {e}" for e in manifest_errors(manifest)]
     return problems
 
 

@@ -21,13 +21,14 @@ import pytest
 
 from flanmix.catalog import load_catalog
 from flanmix.cli import main
+from flanmix.compile import compile_mixture
 from flanmix.errors import FlanmixError
 from flanmix.mixture import Mixture
-from flanmix.write import compile_mixture
 from tests.test_mix import FIXTURE, make_spec
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
+STALLED = REPO / "tests" / "stalled_compile.py"  # a compile stopped dead at a stage
 
 
 @pytest.fixture(scope="module")
@@ -157,15 +158,16 @@ def test_two_concurrent_compiles_never_both_succeed(tmp_path):
     """A real race: the first compile stalls mid-way, the second must fail with 'in use'."""
     spec = REPO / "mixtures/small_offline.yaml"
     marker = tmp_path / "stalled"
-    env = {**os.environ, "FLANMIX_STALL_AT": f"pieces:{marker}", "HF_HUB_OFFLINE": "1"}
-    cmd = [PY, "-m", "flanmix.cli", "compile", str(spec), "-o", str(tmp_path / "m"), "--offline"]
-    first = subprocess.Popen(cmd + ["--workers", "1"], env=env, cwd=REPO)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = ["compile", str(spec), "-o", str(tmp_path / "m"), "--offline"]
+    cmd = [PY, "-m", "flanmix.cli", *args]
+    stalled = [PY, str(STALLED), "pieces", str(marker), *args]  # stops after rendering
+    first = subprocess.Popen(stalled + ["--workers", "1"], env=env, cwd=REPO)
     try:
         deadline = time.time() + 120
         while not marker.exists() and time.time() < deadline and first.poll() is None:
             time.sleep(0.2)
         assert marker.exists()
-        env.pop("FLANMIX_STALL_AT")
         second = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2 and "in use" in second.stderr
     finally:
@@ -554,9 +556,10 @@ def test_plan_limits_on_rows_shards_and_workers(tmp_path, catalog):
 def test_sigterm_stops_the_workers_too(tmp_path):
     psutil = pytest.importorskip("psutil")
     marker = tmp_path / "stalled"
-    env = {**os.environ, "FLANMIX_STALL_AT": f"pieces:{marker}", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     spec = REPO / "mixtures/small_offline.yaml"
-    cmd = [PY, "-m", "flanmix.cli", "compile", str(spec), "-o", str(tmp_path / "m"), "--offline"]
+    args = ["compile", str(spec), "-o", str(tmp_path / "m"), "--offline"]
+    cmd = [PY, str(STALLED), "pieces", str(marker), *args]  # stops after rendering
     main_proc = subprocess.Popen(cmd + ["--workers", "2"], env=env, cwd=REPO)
     try:
         deadline = time.time() + 120

@@ -143,14 +143,14 @@ def test_killed_ray_compile_leaves_no_out(tmp_path):
         """)
     )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "flanmix.cli", "compile", str(spec_file), "-o", str(out)]
-    cmd += ["--workers", "2"]
+    cmd = ["compile", str(spec_file), "-o", str(out), "--workers", "2"]
+    stalled = Path(__file__).resolve().parent / "stalled_compile.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     for stage in ("pieces", "publish"):
         marker = tmp_path / f"stalled-{stage}"
         proc = subprocess.Popen(
-            cmd,
-            env={**env, "FLANMIX_STALL_AT": f"{stage}:{marker}"},
+            [sys.executable, str(stalled), stage, str(marker), *cmd],
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -162,7 +162,8 @@ def test_killed_ray_compile_leaves_no_out(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         assert not out.exists()
-    done = subprocess.run(cmd + ["--quiet"], env=env, capture_output=True, text=True)
+    cli = [sys.executable, "-m", "flanmix.cli", *cmd, "--quiet"]
+    done = subprocess.run(cli, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert Mixture.open(out).verify() == []
     assert sorted(p.name for p in tmp_path.iterdir()) == [

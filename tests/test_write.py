@@ -15,10 +15,12 @@ import pytest
 
 from flanmix.catalog import load_catalog
 from flanmix.cli import main
+from flanmix.compile import compile_mixture
 from flanmix.errors import CompileError
 from flanmix.mixture import MANIFEST, Mixture
-from flanmix.write import compile_mixture
 from tests.test_mix import FIXTURE, make_spec, write_sources
+
+STALLED = Path(__file__).resolve().parent / "stalled_compile.py"  # the kill tests' compile
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,18 @@ def test_byte_identical_with_one_and_two_workers(tmp_path, catalog):
     )
 
 
-def test_injected_failure_publishes_nothing(tmp_path, catalog):
+def _fail_after_rendering(monkeypatch):
+    """Every unit rendered into pieces, then a failure before any shard is written."""
+    import flanmix.compile
+
+    def fail(*_args):
+        raise CompileError("injected failure after rendering")
+
+    monkeypatch.setattr(flanmix.compile, "_stats_from", fail)
+
+
+def test_injected_failure_publishes_nothing(tmp_path, catalog, monkeypatch):
+    _fail_after_rendering(monkeypatch)
     with pytest.raises(CompileError, match="injected"):
         compile_mixture(
             make_spec(),
@@ -109,12 +122,11 @@ def test_injected_failure_publishes_nothing(tmp_path, catalog):
             workers=1,
             offline=True,
             base_dir=tmp_path,
-            _fail_after_units=1,
         )
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_output_needs_overwrite_and_survives_failure(tmp_path, catalog):
+def test_existing_output_needs_overwrite_and_survives_failure(tmp_path, catalog, monkeypatch):
     out = tmp_path / "out"
     first = compile_mixture(
         make_spec(), out, catalog=catalog, workers=1, offline=True, base_dir=tmp_path
@@ -123,7 +135,8 @@ def test_existing_output_needs_overwrite_and_survives_failure(tmp_path, catalog)
         compile_mixture(
             make_spec(), out, catalog=catalog, workers=1, offline=True, base_dir=tmp_path
         )
-    with pytest.raises(CompileError, match="injected"):
+    with monkeypatch.context() as patched, pytest.raises(CompileError, match="injected"):
+        _fail_after_rendering(patched)
         compile_mixture(
             make_spec(seed=5),
             out,
@@ -132,7 +145,6 @@ def test_existing_output_needs_overwrite_and_survives_failure(tmp_path, catalog)
             offline=True,
             base_dir=tmp_path,
             overwrite=True,
-            _fail_after_units=1,
         )
     assert Mixture.open(out).manifest["splits"] == first["splits"]  # the old mixture is intact
     second = compile_mixture(
@@ -164,25 +176,15 @@ def test_killed_compile_leaves_nothing_and_rerun_succeeds(tmp_path):
         """)
     )
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "flanmix.cli",
-        "compile",
-        str(spec_file),
-        "-o",
-        str(out),
-        "--workers",
-        "2",
-    ]
+    cmd = ["compile", str(spec_file), "-o", str(out), "--workers", "2"]
     base_env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     # kill it while workers render, after the shards are written, and with the manifest written
     # but not yet published: each time nothing may look complete
     for stage in ("pieces", "shards", "publish"):
         marker = tmp_path / f"stalled-{stage}"
         proc = subprocess.Popen(
-            cmd,
-            env={**base_env, "FLANMIX_STALL_AT": f"{stage}:{marker}"},
+            [sys.executable, str(STALLED), stage, str(marker), *cmd],
+            env=base_env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -197,7 +199,8 @@ def test_killed_compile_leaves_nothing_and_rerun_succeeds(tmp_path):
         assert not out.exists()
         with pytest.raises(Exception, match="missing|no such"):
             Mixture.open(out)
-    done = subprocess.run(cmd + ["--quiet"], env=base_env, capture_output=True, text=True)
+    cli = [sys.executable, "-m", "flanmix.cli", *cmd, "--quiet"]
+    done = subprocess.run(cli, env=base_env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     mix = Mixture.open(out)
     assert mix.verify() == [] and mix.num_rows("train") > 100_000
@@ -250,7 +253,7 @@ def test_leave_one_cluster_out(tmp_path, catalog):
 
 def test_leave_one_cluster_out_is_published_whole(tmp_path, catalog, monkeypatch):
     """A failure in one of the held-out mixtures leaves no OUT at all; submix clusters count."""
-    import flanmix.write as write
+    import flanmix.compile as write
 
     spec = make_spec(
         holdout={"leave_one_cluster_out": True, "on_overlap": "allow"},
@@ -282,7 +285,7 @@ def test_leave_one_cluster_out_is_published_whole(tmp_path, catalog, monkeypatch
 
 def test_tasks_without_rows_for_a_split_are_reported(tmp_path):
     """The bundled library has an eval-only task (WSC273): the manifest says so."""
-    from flanmix.write import composition_report
+    from flanmix.report import composition_report
 
     spec = Path(__file__).resolve().parent.parent / "mixtures" / "small_offline.yaml"
     manifest = compile_mixture(spec, tmp_path / "out", offline=True, workers=1)
@@ -296,7 +299,7 @@ def test_composition_plot_has_train_and_eval_per_cluster_format_task_with_values
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from flanmix.write import composition_figure
+    from flanmix.report import composition_figure
 
     spec = make_spec(holdout={"clusters": ["qa"]}, total_rows=200)
     catalog = load_catalog(FIXTURE)

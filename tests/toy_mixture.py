@@ -110,12 +110,17 @@ def copy_rows() -> list[dict]:
 def write_mixture(path: Path, splits: dict[str, list[dict]]) -> Path:
     """Write ``splits`` as one parquet shard each plus manifest.json (written last)."""
     path.mkdir(parents=True, exist_ok=True)
-    manifest = {
+    manifest = {  # every key flanmix.mixture.Manifest requires (no holdout: tasks train and eval)
         "format_version": FORMAT_VERSION,
+        "flanmix_version": "toy",
+        "name": "toy",
         "file_format": "parquet",
         "seed": 0,
         "spec": {"name": "toy"},
+        "tasks": {},
         "splits": {},
+        "counts": {},
+        "dropped": {},
     }
     for split, rows in splits.items():
         name = shard_name(split, 0, 1)

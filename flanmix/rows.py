@@ -1,0 +1,632 @@
+"""Rendering one work unit into rows (runs in the workers).
+
+:class:`UnitRenderer` renders a unit of a :class:`~flanmix.plan.Plan`: template choice, zero/few-shot,
+options block in FLAN's or named styles, example ids; skipped draws are redrawn on other rows of the
+unit. Every decision is its own named draw (:mod:`flanmix.sampling`) from a hash of (seed, task,
+split, row, repeat): there is no shared random state, and no two decisions share bits. Rows are
+:class:`Row` tuples whose fields are the columns of :data:`flanmix.mixture.SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .errors import CompileError, Location, TemplateError
+from .mixture import SCHEMA
+from .plan import TaskPlan, Unit, seeded_rng
+from .render import (
+    CompiledTemplate,
+    References,
+    RowPreparer,
+    Skip,
+    compile_template,
+    example_seed,
+    hash64,
+    input_values,
+    mix64,
+)
+from .sampling import FEW_SHOT_FORMATS, draw, options_block, pick, uniform
+from .sampling import index as draw_index
+from .schema import Task
+from .sources import SourceReader
+from .spec import MixtureSpec
+
+
+@functools.lru_cache(maxsize=65536)
+def _id_base(seed: int, split: str, task: str, template: str, fmt: str, source_split: str) -> int:
+    return hash64(seed, split, task, template, fmt, source_split)
+
+
+def example_id(
+    seed: int,
+    split: str,
+    task: str,
+    template: str,
+    fmt: str,
+    source_split: str,
+    index: int,
+    repeat: int,
+) -> str:
+    """A stable 16-hex-digit id; also orders rows within a shard and picks their shard.
+
+    A keyed hash of (seed, split, task, template, format, source split), cached, mixed with
+    (index, repeat) by :func:`flanmix.render.mix64`: unique within that key, 64-bit random across.
+    """
+    return format(
+        mix64(_id_base(seed, split, task, template, fmt, source_split), index * 1_000_003 + repeat),
+        "016x",
+    )
+
+
+@dataclass
+class WorkerContext:
+    """Everything a worker needs, pickled once per worker."""
+
+    spec: MixtureSpec
+    tasks: dict[str, Task]
+    plan_tasks: dict[str, TaskPlan]
+    task_files: dict[str, str]
+    template_lines: dict[tuple[str, str], int | None]
+    shards: dict[str, int]
+    tokenizer: str | None = None  # formats.max_length in tokens: the tokenizer's path
+
+
+class UnitRenderer:
+    """Renders units; caches compiled templates, row preparers and open sources per task."""
+
+    def __init__(self, ctx: WorkerContext):
+        self.ctx = ctx
+        self._compiled: dict[str, dict[str, CompiledTemplate]] = {}
+        self._prepare: dict[str, RowPreparer] = {}
+        self._references: dict[str, References] = {}
+        self._readers: dict[str, SourceReader] = {}
+        self._blocks: dict[tuple, tuple[str, tuple[str, ...]]] = {}
+        self._shot_rows: dict[str, list] = {}  # eval few-shot: prepared training rows per task
+        self._shot_pools: dict[tuple[str, str], list] = {}
+        self._fallback: Counter = Counter()
+
+    def _templates(self, task: str) -> dict[str, CompiledTemplate]:
+        if task not in self._compiled:
+            t = self.ctx.tasks[task]
+            file = self.ctx.task_files.get(task)
+            self._compiled[task] = {
+                tt.id: compile_template(
+                    task, tt, Location(file=file, line=self.ctx.template_lines.get((task, tt.id)))
+                )
+                for tt in t.templates
+            }
+            self._prepare[task] = RowPreparer(t, Location(file=file))
+            self._references[task] = References(t, Location(file=file))
+        return self._compiled[task]
+
+    def _reader(self, key: str) -> SourceReader:
+        if key not in self._readers:
+            if len(self._readers) > 8:
+                self._readers.clear()
+            self._readers[key] = SourceReader(self.ctx.plan_tasks[key].handle)
+        return self._readers[key]
+
+    def _block(self, choices: tuple[str, ...], style: tuple[str, str] | None):
+        key = (choices, style)
+        hit = self._blocks.get(key)
+        if hit is None:
+            if len(self._blocks) > 50_000:
+                self._blocks.clear()
+            hit = self._blocks[key] = options_block(choices, style)
+        return hit
+
+    def render(self, unit: Unit) -> tuple[dict[str, list], dict[str, Counter]]:
+        """Columns of the unit's rows (unsorted) and its stats: kept, dropped and redrawn
+        examples, and few-shot examples written zero-shot because no exemplar fit."""
+        ctx = self.ctx
+        spec = ctx.spec
+        key = f"{unit.split}:{unit.task}"
+        tp = ctx.plan_tasks[key]
+        compiled = self._templates(unit.task)
+        prepare = self._prepare[unit.task]
+        task = ctx.tasks[unit.task]
+        seed = spec.seed
+        m = tp.num_selected
+        positions = np.arange(unit.start, unit.stop, dtype=np.int64)
+        if unit.split == "train":
+            # full passes over the selected rows, then a seeded subset for the last partial pass
+            full = (tp.draws // m) * m
+            sel_pos = positions % m
+            rest = positions >= full
+            if rest.any():
+                r = tp.draws - full
+                subset = np.sort(
+                    seeded_rng(seed, "rest", unit.task).choice(m, size=r, replace=False)
+                )
+                sel_pos[rest] = subset[positions[rest] - full]
+            repeats = positions // m
+        else:
+            sel_pos = positions
+            repeats = np.zeros_like(positions)
+        src = sel_pos if tp.selected is None else tp.selected[sel_pos]
+        uniq, inverse = np.unique(src, return_inverse=True)
+        try:
+            raw_rows = self._reader(key).read(uniq)
+        except Exception as exc:  # noqa: BLE001
+            raise CompileError(
+                f"cannot read rows of {tp.handle.description}: {type(exc).__name__}: {exc}",
+                location=Location(file=ctx.task_files.get(unit.task), task=unit.task),
+            ) from exc
+        stats = {k: Counter() for k in ("kept", "dropped", "redrawn", "fewshot_fallback")}
+        self._fallback = stats["fewshot_fallback"]
+        kept, dropped = stats["kept"], stats["dropped"]
+        prepared: list[Any] = []
+        for raw in raw_rows:
+            prepared.append(prepare(raw))
+        if unit.split == "eval":
+            cols = self._render_eval(
+                unit, tp, task, compiled, prepared, inverse, src, kept, dropped
+            )
+        else:
+            cols = self._render_train(
+                unit, tp, task, compiled, prepared, uniq, inverse, src, repeats, kept, stats
+            )
+        return cols, stats
+
+    def _fail(self, exc: TemplateError, task: str, split: str, index: int) -> CompileError:
+        loc = exc.location.with_(task=task, row=index)
+        return CompileError(
+            f"template fails on {split} row {index}: {exc.message}", location=loc, hint=exc.hint
+        )
+
+    def _render_eval(self, unit, tp, task, compiled, prepared, inverse, src, kept, dropped):
+        spec = self.ctx.spec
+        fallback = self._fallback
+        seed = spec.seed
+        rows: list[Row] = []
+        metrics_gen = list(task.evaluation.metrics)
+        split = tp.handle.split
+        refs_of = self._references[unit.task]
+        for j, pos in enumerate(inverse.tolist()):
+            row = prepared[pos]
+            index = int(src[j])
+            if isinstance(row, Skip):
+                dropped[(unit.task, "*", row.reason)] += len(tp.templates)
+                continue
+            gold = None  # the references expression's answers, computed once per row
+            for tid in tp.templates:
+                ct = compiled[tid]
+                try:
+                    res = ct.render(row, example_seed(seed, unit.task, tid, split, index))
+                except TemplateError as exc:
+                    raise self._fail(exc, unit.task, split, index) from exc
+                if isinstance(res, Skip):
+                    dropped[(unit.task, tid, res.reason)] += 1
+                    continue
+                text_in, target, choices = res
+                options = answer = None
+                if choices is not None:
+                    if target not in choices:
+                        raise _target_error(ct, split, index, target, choices)
+                    options, answer = list(choices), choices.index(target)
+                    if spec.eval.options_in_input and not ct.template.choices_in_input:
+                        text_in += self._block(choices, None)[0]
+                    fmt, metrics = "zs_opt", ["accuracy"]
+                    references = [target]  # the correct option
+                else:
+                    fmt, metrics = ("cot" if ct.template.cot else "zs_noopt"), metrics_gen
+                    if ct.template.inverted:  # e.g. "write the question": the question
+                        references = [target]
+                    else:
+                        if gold is None:
+                            try:
+                                gold = refs_of.values(row)
+                            except TemplateError as exc:
+                                raise self._fail(exc, unit.task, split, index) from exc
+                        references = list(dict.fromkeys([target, *gold]))
+                if tp.shots is not None and ct.template.few_shot:
+                    text_in, n_ex = self._eval_shots(unit.task, tp, ct, text_in, index)
+                    if n_ex:
+                        fmt = "fs_cot" if fmt == "cot" else "fs_" + fmt.removeprefix("zs_")
+                    else:
+                        fallback[unit.task] += 1
+                rows.append(
+                    Row(
+                        inputs=text_in,
+                        targets=target,
+                        task=unit.task,
+                        cluster=tp.cluster,
+                        template_id=ct.full_id,
+                        inverted=ct.template.inverted,
+                        format=fmt,
+                        options=options,
+                        answer_index=answer,
+                        metrics=metrics,
+                        references=references,
+                        source_split=split,
+                        source_index=index,
+                        example_id=example_id(seed, "eval", unit.task, tid, fmt, split, index, 0),
+                    )
+                )
+                kept[(unit.task, ct.full_id, fmt)] += 1
+        return _columns(rows)
+
+    def _render_train(
+        self, unit, tp, task, compiled, prepared, uniq, inverse, src, repeats, kept, stats
+    ):
+        """Train rows: per draw a template (named draws), its zero-shot base, then formats.
+
+        A draw whose row or template is skipped (a filter, a label-gated template) is redrawn with
+        the same template on another row of the unit, up to ``REDRAWS`` times, so label-gated
+        templates keep their share and the task its planned count; what is still missing is
+        counted as dropped (the manifest's per-task shortfall).
+        """
+        spec = self.ctx.spec
+        seed = spec.seed
+        split = tp.handle.split
+        fmts = spec.formats
+        inv_setting = spec.templates.inverted
+        mode = spec.templates.mode
+        normal = [t for t in tp.templates if not compiled[t].template.inverted]
+        inverted = [t for t in tp.templates if compiled[t].template.inverted]
+        dropped, redrawn = stats["dropped"], stats["redrawn"]
+        bare = fmts.instructions != "templates"
+        # pass 1: the zero-shot base of every (draw, template)
+        base: list[_Base] = []
+        src_list, rep_list, inv_list = src.tolist(), repeats.tolist(), inverse.tolist()
+        for j, pos in enumerate(inv_list):
+            index = src_list[j]
+            rep = rep_list[j]
+            h = example_seed(seed, unit.task, "#draw", split, index * 1_000_003 + rep)
+            tids = choose_templates(
+                h, tp.templates, normal, inverted, inv_setting, mode, index + rep
+            )
+            for tid in tids:
+                ct = compiled[tid]
+                rseed = example_seed(
+                    seed, unit.task, tid if not rep else f"{tid}#{rep}", split, index
+                )
+                rec = self._base(unit.task, ct, prepared[pos], index, rep, rseed, split, bare)
+                first, attempt = rec, 0
+                while isinstance(rec, str) and attempt < REDRAWS:
+                    attempt += 1
+                    k = draw_index(h, f"redraw:{tid}:{attempt}", len(prepared))
+                    at = unit.start + j  # the draw position: unique within the task
+                    rseed = example_seed(seed, unit.task, f"{tid}#redraw{attempt}", split, at)
+                    rec = self._base(
+                        unit.task, ct, prepared[k], int(uniq[k]), rep, rseed, split, bare
+                    )
+                    if not isinstance(rec, str):
+                        rec.redraw = (at, attempt)
+                if isinstance(rec, str):
+                    dropped[(unit.task, tid, first)] += 1
+                    continue
+                if isinstance(first, str):
+                    redrawn[(unit.task, tid, first)] += 1
+                base.append(rec)
+        # pass 2: formats (options, few-shot) and columns
+        by_template: dict[str, list[int]] = {}
+        if fmts.few_shot > 0:
+            for b, rec in enumerate(base):
+                by_template.setdefault(rec.tid, []).append(b)
+        markers, headers = fmts.styles()
+        flan_only = markers == ("flan",)
+        shots = FEW_SHOT_FORMATS[fmts.few_shot_format]
+        rows: list[Row] = []
+        cluster = tp.cluster
+        for b, rec in enumerate(base):
+            ct = compiled[rec.tid]
+            tmpl = ct.template
+            text_in, choices, rseed = rec.input, rec.choices, rec.rseed
+            listed = tmpl.choices_in_input and not bare  # the template's input lists the choices
+            show = False
+            style = None
+            if choices is not None:
+                show = listed or uniform(rseed, "options") < fmts.options
+                if show and not listed and not flan_only:
+                    marker = pick(rseed, "marker", markers)
+                    if marker != "flan":
+                        style = (pick(rseed, "header", headers), marker)
+            few = tmpl.few_shot and fmts.few_shot > 0 and uniform(rseed, "few_shot") < fmts.few_shot
+            options = answer = None
+            shown_target = rec.target
+            if show:
+                if listed:
+                    labels = choices
+                else:
+                    block, labels = self._block(choices, style)
+                    text_in = text_in + block
+                answer = choices.index(rec.target)
+                shown_target = labels[answer]
+                options = list(labels)
+            if few:
+                group = by_template.get(rec.tid, ())
+                pool = self._exemplar_pool(base, group, b, rseed)
+                exemplars = []
+                for g in pool:
+                    ex = base[g]
+                    ex_in, ex_target = ex.input, ex.target
+                    if show and ex.choices is not None and not listed:
+                        block, labels = self._block(ex.choices, style)
+                        ex_in, ex_target = ex_in + block, labels[ex.choices.index(ex.target)]
+                    exemplars.append((ex_in, ex_target))
+                text_in, n_ex = self._fit_shots(shots, exemplars, text_in)
+                if n_ex == 0:  # no exemplar fits max_length: written zero-shot, and counted
+                    stats["fewshot_fallback"][unit.task] += 1
+                few = n_ex > 0
+            if tmpl.cot:
+                fmt = "fs_cot" if few else "cot"
+            else:
+                fmt = ("fs_" if few else "zs_") + ("opt" if show else "noopt")
+            if rec.redraw is None:
+                eid = example_id(seed, "train", unit.task, rec.tid, fmt, split, rec.index, rec.rep)
+            else:  # a redrawn example: its own id space, keyed by draw position and attempt
+                at, attempt = rec.redraw
+                eid = example_id(
+                    seed, "train", unit.task, rec.tid, fmt + "/redraw", split, at, attempt
+                )
+            rows.append(
+                Row(
+                    inputs=text_in,
+                    targets=shown_target,
+                    task=unit.task,
+                    cluster=cluster,
+                    template_id=ct.full_id,
+                    inverted=tmpl.inverted,
+                    format=fmt,
+                    options=options,
+                    answer_index=answer,
+                    metrics=None,
+                    references=None,
+                    source_split=split,
+                    source_index=rec.index,
+                    example_id=eid,
+                )
+            )
+            kept[(unit.task, ct.full_id, fmt)] += 1
+        return _columns(rows)
+
+    def _base(self, task, ct, row, index, rep, rseed, split, bare) -> _Base | str:
+        """The zero-shot base of one example, or the reason it is skipped."""
+        if isinstance(row, Skip):
+            return row.reason
+        try:
+            res = ct.render(row, rseed)
+        except TemplateError as exc:
+            raise self._fail(exc, task, split, index) from exc
+        if isinstance(res, Skip):
+            return res.reason
+        if res.choices is not None and res.target not in res.choices:
+            raise _target_error(ct, split, index, res.target, res.choices)
+        text_in = res.input
+        if bare:
+            text_in = self._bare_input(task, ct, row, rseed, res.choices)
+        return _Base(ct.template.id, text_in, res.target, res.choices, index, rep, rseed)
+
+    def _bare_input(self, task: str, ct: CompiledTemplate, row, rseed, choices) -> str:
+        """``formats.instructions`` none / dataset_name: what the template's input shows of the
+        row (its ``{{ }}`` values, one per line), without its words; dataset_name puts the task
+        id first."""
+        text = "\n".join(input_values(ct, row, rseed, choices))
+        if self.ctx.spec.formats.instructions == "dataset_name":
+            text = f"{task}\n\n{text}"
+        return text
+
+    def _eval_shots(self, task, tp, ct, text_in, index) -> tuple[str, int]:
+        """``eval.few_shot`` exemplars for one eval row: rows of the task's training split
+        rendered with the same template (FLAN's few-shot evaluation), picked by a named draw."""
+        pool = self._shot_pool(task, tp, ct)
+        if tp.shots.split == tp.handle.split:  # same rows (e.g. samples): never the row itself
+            pool = [p for p in pool if p[0] != index]
+        if not pool:
+            return text_in, 0
+        spec = self.ctx.spec
+        rng = random.Random(
+            draw(example_seed(spec.seed, task, ct.template.id, tp.handle.split, index), "exemplars")
+        )
+        picked = rng.sample(pool, min(spec.eval.few_shot, len(pool)))
+        shots = FEW_SHOT_FORMATS[spec.formats.few_shot_format]
+        return self._fit_shots(shots, [(x, y) for _, x, y in picked], text_in)
+
+    def _shot_pool(self, task, tp, ct) -> list[tuple[int, str, str]]:
+        """(index, input, target) of up to 8 x eval.few_shot training rows (a seeded subset, the
+        same for every unit) rendered with one template, options as the eval rows show them."""
+        key = (task, ct.template.id)
+        if key in self._shot_pools:
+            return self._shot_pools[key]
+        spec = self.ctx.spec
+        if task not in self._shot_rows:
+            n = tp.shots.num_rows
+            size = min(n, 8 * spec.eval.few_shot)
+            idx = np.sort(seeded_rng(spec.seed, "eval-shots", task).choice(n, size, replace=False))
+            raw = SourceReader(tp.shots).read(idx)
+            prepare = self._prepare[task]
+            self._shot_rows[task] = [(int(i), prepare(r)) for i, r in zip(idx, raw, strict=True)]
+        pool = []
+        for i, row in self._shot_rows[task]:
+            if isinstance(row, Skip):
+                continue
+            seed = example_seed(spec.seed, task, ct.template.id + "#shot", tp.shots.split, i)
+            try:
+                res = ct.render(row, seed)
+            except TemplateError as exc:
+                raise self._fail(exc, task, tp.shots.split, i) from exc
+            if isinstance(res, Skip):
+                continue
+            x, y = res.input, res.target
+            listed = ct.template.choices_in_input or not spec.eval.options_in_input
+            if res.choices is not None and not listed:
+                x += self._block(res.choices, None)[0]
+            pool.append((i, x, y))
+        self._shot_pools[key] = pool
+        return pool
+
+    def _exemplar_pool(self, base, group, b, rseed) -> list[int]:
+        """Up to k other rows of the same template, by a named draw; repeats of the query's own
+        source row are not exemplars."""
+        k = self.ctx.spec.formats.k
+        index = base[b].index
+        rng = random.Random(draw(rseed, "exemplars"))
+        picked, seen = [], {index}
+        n = len(group)
+        for _ in range(min(4 * k, 4 * n)):
+            g = group[rng.randrange(n)]
+            if base[g].index not in seen:
+                seen.add(base[g].index)
+                picked.append(g)
+                if len(picked) == k:
+                    break
+        return picked
+
+    def _fit_shots(self, shots, exemplars: list[tuple[str, str]], text_in: str) -> tuple[str, int]:
+        """Exemplars (in order) that fit ``formats.max_length`` with the query, joined by the
+        few-shot format; (text_in, 0) when none fits."""
+        if not exemplars:
+            return text_in, 0
+        length = self._length
+        query = shots.query(text_in)
+        budget = self._max_length - length(query)
+        parts = []
+        for x, y in exemplars:
+            piece = shots.exemplar(x, y)
+            n = length(piece)
+            if n > budget:
+                continue
+            budget -= n
+            parts.append(piece)
+        while parts and self._tokenizer is not None:  # token counts of pieces do not add up exactly
+            if length("".join(parts) + query) <= self._max_length:
+                break
+            parts.pop()
+        if not parts:
+            return text_in, 0
+        return "".join(parts) + query, len(parts)
+
+    @functools.cached_property
+    def _max_length(self) -> int:
+        limit = self.ctx.spec.formats.max_length
+        return limit if isinstance(limit, int) else limit.tokens
+
+    @functools.cached_property
+    def _tokenizer(self):
+        return load_tokenizer(self.ctx.tokenizer) if self.ctx.tokenizer else None
+
+    def _length(self, text: str) -> int:
+        tok = self._tokenizer
+        return len(text) if tok is None else tok(text)
+
+
+REDRAWS = 32  # attempts to replace a skipped draw with another row of the unit
+
+
+def choose_templates(
+    h: int,
+    templates: list[str],
+    normal: list[str],
+    inverted: list[str],
+    inv_setting: bool | float,
+    mode: str,
+    turn: int,
+) -> list[str]:
+    """The template(s) of one draw whose hash is ``h``.
+
+    ``inverted`` a fraction: the named draw "inverted" picks the turned-around group with that
+    probability, then the independent draw "template" picks uniformly within the group. Mode
+    ``all`` gives every template (turned-around ones in the chosen fraction of draws); mode
+    ``round_robin`` rotates by ``turn`` (row index + repeat), so a row's repeats see every template.
+    """
+    if mode == "all":
+        use_inv = inv_setting is True or (
+            inv_setting is not False and uniform(h, "inverted") < inv_setting
+        )
+        return normal + inverted if use_inv else normal
+    group = templates
+    if not isinstance(inv_setting, bool) and normal and inverted:
+        group = inverted if uniform(h, "inverted") < inv_setting else normal
+    if mode == "random":
+        return [group[draw_index(h, "template", len(group))]]
+    return [group[turn % len(group)]]
+
+
+@dataclass(slots=True)
+class _Base:
+    """One rendered zero-shot example before formats: what pass 2 and exemplars read."""
+
+    tid: str
+    input: str
+    target: str
+    choices: tuple[str, ...] | None
+    index: int  # source row
+    rep: int
+    rseed: int
+    redraw: tuple[int, int] | None = None  # (draw position, attempt) of a redrawn skip
+
+
+def load_tokenizer(path: str):
+    """A text -> token count function from a tokenizer.json file or a tokenizer folder."""
+    p = Path(path)
+    file = p if p.is_file() else p / "tokenizer.json"
+    try:
+        if file.is_file():
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(file))
+            return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(p))
+        return lambda text: len(hf(text, add_special_tokens=False)["input_ids"])
+    except ImportError as exc:
+        raise CompileError(
+            "formats.max_length in tokens needs the tokenizers package",
+            hint="pip install 'flanmix[train]'",
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - a broken tokenizer is the spec's problem
+        raise CompileError(
+            f"cannot load the tokenizer {path}: {type(exc).__name__}: {exc}",
+            location=Location(file=path, field="formats.max_length.tokenizer"),
+        ) from exc
+
+
+def _target_error(
+    ct: CompiledTemplate, split: str, index: int, target: str, choices
+) -> CompileError:
+    return CompileError(
+        f"target {target!r} is not one of the answer choices {list(choices)!r} on {split} row {index}",
+        location=ct.location.with_(field="target", row=index),
+        hint="the target of a template with answer_choices must render to one of the choices",
+    )
+
+
+class Row(NamedTuple):
+    """One row of a shard, in the column order of :data:`flanmix.mixture.SCHEMA` (checked below)."""
+
+    inputs: str
+    targets: str
+    task: str
+    cluster: str
+    template_id: str  # full id: task.template
+    inverted: bool
+    format: str  # zs_opt | zs_noopt | fs_opt | fs_noopt | cot | fs_cot
+    options: list[str] | None  # answer options as shown (None: generation)
+    answer_index: int | None  # index of the target in options
+    metrics: list[str] | None  # eval only
+    references: list[str] | None  # eval only: every gold answer, target first
+    source_split: str
+    source_index: int
+    example_id: str
+
+
+#: Column names of every shard, from the one Arrow schema.
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+if Row._fields != COLUMNS:  # pragma: no cover - a programming error, caught at import
+    raise ImportError(f"flanmix.rows.Row fields {Row._fields} differ from SCHEMA {COLUMNS}")
+
+
+def _columns(rows: list[Row]) -> dict[str, list]:
+    """Rows to columns; one transpose in C instead of 14 appends a row."""
+    if not rows:
+        return {c: [] for c in COLUMNS}
+    return {name: list(col) for name, col in zip(COLUMNS, zip(*rows, strict=True), strict=True)}
