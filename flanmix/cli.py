@@ -981,7 +981,11 @@ def _add_sources_build(actions) -> None:
         type=Path,
         help="output folder (default: where the task file's source.local points)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing <split>.parquet")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an OUT an earlier build made (never a folder holding other files)",
+    )
     p.add_argument("--root", type=Path, default=None, help="folder holding task_templates/")
     p.set_defaults(func=_run_sources_build)
 
@@ -1013,7 +1017,8 @@ def _run_sources_build(args) -> int:
             "give -o OUT: this task's file does not name a local Parquet folder",
             location=Location(task=task.id),
         )
-    counts = build(task, args.source, out, overwrite=args.overwrite)
+    protect = [task_file.path, catalog.root]
+    counts = build(task, args.source, out, overwrite=args.overwrite, protect=protect)
     for split, n in counts.items():
         print(f"{out / (split + '.parquet')}: {n} rows")
     return 0

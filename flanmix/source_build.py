@@ -4,7 +4,9 @@ Some task sources have no copy on the hub that ``datasets>=4`` can load (the rep
 loading script, or the data must be requested by hand). For those, a converter here reads the files
 as their authors released them and writes ``<out>/<split>.parquet`` in the task's real schema
 (its ``fields``), one file per source split. Every row is checked against the task's fields before
-anything is written; files are written next to their final name and renamed into place.
+anything is published: OUT goes through flanmix's output guard (:func:`flanmix.publish.claim`: a
+new folder, or with ``--overwrite`` one flanmix made; never a folder holding anyone else's files,
+nor one holding the release being read), and is written in a temporary folder renamed into place.
 
 Each converter is one small function ``(Release) -> {split: rows}``; :class:`Release` finds a named
 file in the folder given with ``--from`` (searched recursively, and inside ``.zip``/``.tar``/
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Location, SourceError
+from .publish import MARKER, claim, os_error, staging, write_marker
 from .schema import FieldSpec, Task
 
 Rows = Iterable[dict[str, Any]]
@@ -531,12 +534,15 @@ def build(
     *,
     overwrite: bool = False,
     batch_rows: int = 50_000,
+    protect: Iterable[Path] = (),
 ) -> dict[str, int]:
     """Convert the release files at ``source`` into ``out/<split>.parquet``; rows per split.
 
-    Raises :class:`SourceError` for a task without a converter, missing or malformed release
-    files, a row that does not fit the task's fields, or existing outputs (without ``overwrite``).
-    Nothing is written at the final paths unless every split converts.
+    OUT is claimed like every flanmix output (:func:`flanmix.publish.claim`): it must be new, or,
+    with ``overwrite``, a folder flanmix made (an earlier build, marked ``.flanmix``) or an empty
+    one; it may not hold ``source`` nor anything in ``protect``. Raises :class:`SourceError` for a
+    task without a converter, missing or malformed release files, a row that does not fit the
+    task's fields, or an OUT it may not write. Nothing is published unless every split converts.
     """
     import pyarrow as pa
 
@@ -550,27 +556,38 @@ def build(
         )
     release = Release(source, task.id)
     splits = builder.convert(release)
-    out.mkdir(parents=True, exist_ok=True)
-    targets = {split: out / f"{split}.parquet" for split in splits}
-    existing = [str(p) for p in targets.values() if p.exists()]
-    if existing and not overwrite:
-        raise SourceError(
-            f"{', '.join(existing)} already exist(s)",
-            location=loc,
-            hint="pass --overwrite to replace them",
-        )
     schema = pa.schema([(name, _arrow_type(spec)) for name, spec in task.fields.items()])
-    partials = {split: t.with_name(t.name + ".partial") for split, t in targets.items()}
+    _mark_earlier_build(Path(out), splits)
     counts: dict[str, int] = {}
     try:
-        for split, rows in splits.items():
-            counts[split] = _write(task, split, rows, partials[split], schema, batch_rows, loc)
-        for split, partial in partials.items():
-            partial.replace(targets[split])
-    finally:
-        for partial in partials.values():
-            partial.unlink(missing_ok=True)
+        with (
+            claim(
+                out,
+                overwrite=overwrite,
+                protect=[source, *protect],
+                what=f"the built files of {task.id}",
+                error=SourceError,
+            ) as out,
+            staging(out) as tmp,
+        ):
+            for split, rows in splits.items():
+                path = tmp / f"{split}.parquet"
+                counts[split] = _write(task, split, rows, path, schema, batch_rows, loc)
+            write_marker(tmp, "source")
+    except OSError as exc:  # disk full, read-only folder ...: one line, nothing published
+        raise os_error(exc, out) from exc
     return counts
+
+
+def _mark_earlier_build(out: Path, splits: Iterable[str]) -> None:
+    """Mark a folder a ``sources build`` wrote before builds were marked, so ``--overwrite`` may
+    replace it: it holds nothing but some of the ``<split>.parquet`` files this build writes."""
+    if not out.is_dir() or out.is_symlink() or (out / MARKER).exists():
+        return
+    names = {f"{split}.parquet" for split in splits}
+    found = list(out.iterdir())
+    if found and all(p.is_file() and not p.is_symlink() and p.name in names for p in found):
+        write_marker(out, "source")
 
 
 def _write(task: Task, split: str, rows: Rows, path: Path, schema, batch_rows: int, loc) -> int:

@@ -60,16 +60,17 @@ def test_every_builder_is_tested_and_names_its_files():
 def test_builds_rows_that_fit_the_task_and_render(task_id, tmp_path):
     folder, expected = EXPECTED_ROWS[task_id]
     task = _task(task_id)
-    counts = build(task, FIXTURES / folder, tmp_path)
+    out = tmp_path / "out"
+    counts = build(task, FIXTURES / folder, out)
     assert counts == expected
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{s}.parquet" for s in expected)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".flanmix", *(f"{s}.parquet" for s in expected)]
+    )
     # the task's own splits resolve from the built folder (the spec's `sources:` route) and render
     prepare, compiled = RowPreparer(task), compile_task(task)
     roles = 0
     for role in ("train", "eval"):
-        handle = resolve_source(
-            task, role, base_dir=tmp_path, hub=HubState(True), local_dir=tmp_path
-        )
+        handle = resolve_source(task, role, base_dir=tmp_path, hub=HubState(True), local_dir=out)
         if handle is None or handle.num_rows == 0:  # no such role, or a slice past the fixture
             continue
         roles += 1
@@ -101,42 +102,42 @@ def test_local_tasks_read_the_folder_their_builder_writes():
 
 
 def test_story_cloze_fields(tmp_path):
-    build(_task("story_cloze"), FIXTURES / "story_cloze", tmp_path)
-    first = _rows(tmp_path / "validation.parquet")[0]
+    build(_task("story_cloze"), FIXTURES / "story_cloze", tmp_path / "out")
+    first = _rows(tmp_path / "out" / "validation.parquet")[0]
     assert first["story_id"] == "138d5bfb-05cc-41e3-bf2c-fa85ebad14e2"
     assert (
         first["input_sentence_2"] == "He never found good support in family, and turned to gangs."
     )
     assert first["answer_right_ending"] == 1
-    assert _rows(tmp_path / "test.parquet")[0]["answer_right_ending"] == 2
+    assert _rows(tmp_path / "out" / "test.parquet")[0]["answer_right_ending"] == 2
 
 
 def test_math_dataset_is_text_not_bytes_reprs(tmp_path):
-    build(_task("math_dataset"), FIXTURES / "math_dataset", tmp_path)
-    train = _rows(tmp_path / "train.parquet")
+    build(_task("math_dataset"), FIXTURES / "math_dataset", tmp_path / "out")
+    train = _rows(tmp_path / "out" / "train.parquet")
     assert train[0] == {"question": "Solve 3*k + 12 = 0 for k.", "answer": "-4"}
     assert [r["answer"] for r in train] == ["-4", "5", "2", "3"]  # easy, medium, hard; one module
-    assert _rows(tmp_path / "test.parquet") == [
+    assert _rows(tmp_path / "out" / "test.parquet") == [
         {"question": "Solve 5*q = 35 for q.", "answer": "7"}
     ]
 
 
 def test_gigaword_replaces_unk_in_train_and_dev_only(tmp_path):
-    build(_task("gigaword"), FIXTURES / "gigaword", tmp_path)
-    assert _rows(tmp_path / "train.parquet")[1]["summary"] == "UNK profits rise"
-    assert _rows(tmp_path / "test.parquet")[0]["document"].startswith("UNK shares fell")
+    build(_task("gigaword"), FIXTURES / "gigaword", tmp_path / "out")
+    assert _rows(tmp_path / "out" / "train.parquet")[1]["summary"] == "UNK profits rise"
+    assert _rows(tmp_path / "out" / "test.parquet")[0]["document"].startswith("UNK shares fell")
 
 
 def test_multi_news_restores_newlines(tmp_path):
-    build(_task("multi_news"), FIXTURES / "multi_news", tmp_path)
-    row = _rows(tmp_path / "validation.parquet")[0]
+    build(_task("multi_news"), FIXTURES / "multi_news", tmp_path / "out")
+    row = _rows(tmp_path / "out" / "validation.parquet")[0]
     assert "NEWLINE_CHAR" not in row["document"] and "\n \n" in row["document"]
     assert "(val)" in row["document"] and row["summary"].startswith("– ")
 
 
 def test_quac_turn_lists_and_label_ids(tmp_path):
-    build(_task("quac"), FIXTURES / "quac", tmp_path)
-    row = _rows(tmp_path / "train.parquet")[0]
+    build(_task("quac"), FIXTURES / "quac", tmp_path / "out")
+    row = _rows(tmp_path / "out" / "train.parquet")[0]
     assert row["followups"] == [0, 2, 1] and row["yesnos"] == [2, 2, 0]
     assert row["answers"]["texts"][1] == ["He was created by Tex Avery."] * 2  # stripped
     assert row["orig_answers"]["texts"][2] == "CANNOTANSWER"
@@ -202,10 +203,65 @@ def test_a_bad_row_writes_nothing(tmp_path):
 
 def test_existing_outputs_need_overwrite(tmp_path):
     task = _task("para_crawl_enes")
-    build(task, FIXTURES / "para_crawl", tmp_path)
-    with pytest.raises(SourceError, match="already exist"):
-        build(task, FIXTURES / "para_crawl", tmp_path)
-    assert build(task, FIXTURES / "para_crawl", tmp_path, overwrite=True) == {"train": 2}
+    out = tmp_path / "out"
+    build(task, FIXTURES / "para_crawl", out)
+    with pytest.raises(SourceError, match="already exists"):
+        build(task, FIXTURES / "para_crawl", out)
+    (out / "stale.parquet").write_bytes(b"from an earlier build")  # inside a folder flanmix made
+    assert build(task, FIXTURES / "para_crawl", out, overwrite=True) == {"train": 2}
+    assert sorted(p.name for p in out.iterdir()) == [".flanmix", "train.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock, no temporary folder
+
+
+def test_overwrite_never_replaces_a_folder_flanmix_did_not_make(tmp_path, capsys):
+    """OUT goes through the output guard: other people's folders, the release being read and the
+    task library are never replaced, --overwrite or not."""
+    task = _task("para_crawl_enes")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    (mine / "train.parquet").write_bytes(b"not ours")
+    for overwrite in (False, True):
+        with pytest.raises(SourceError, match="not a folder flanmix made"):
+            build(task, FIXTURES / "para_crawl", mine, overwrite=overwrite)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "train.parquet"]
+    assert (mine / "train.parquet").read_bytes() == b"not ours"
+    # the release itself inside OUT: never replaced
+    release = tmp_path / "data"
+    shutil.copytree(FIXTURES / "para_crawl", release / "release")
+    with pytest.raises(SourceError, match="it would replace"):
+        build(task, release / "release", release, overwrite=True)
+    assert (release / "release").is_dir()
+    # an existing empty folder needs --overwrite (it holds nothing to lose), then it is filled
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match="already exists"):
+        build(task, FIXTURES / "para_crawl", empty)
+    assert build(task, FIXTURES / "para_crawl", empty, overwrite=True) == {"train": 2}
+    # from the command line: one line naming the folder; the task library is protected too
+    args = ["sources", "build", "para_crawl_enes", "--from", str(FIXTURES / "para_crawl")]
+    assert main([*args, "-o", str(mine), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"{mine}: refusing to replace" in err and "Traceback" not in err
+    assert main([*args, "-o", str(REPO), "--overwrite"]) == 2
+    assert "it would replace" in capsys.readouterr().err
+
+
+def test_a_folder_an_unmarked_earlier_build_wrote_may_be_replaced(tmp_path):
+    """Builds made before the .flanmix marker: a folder holding only this build's
+    <split>.parquet files counts as one (with --overwrite)."""
+    task = _task("story_cloze")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "validation.parquet").write_bytes(b"old")
+    (out / "test.parquet").write_bytes(b"old")
+    with pytest.raises(SourceError, match="already exists"):
+        build(task, FIXTURES / "story_cloze", out)
+    assert build(task, FIXTURES / "story_cloze", out, overwrite=True) == {
+        "validation": 2,
+        "test": 1,
+    }
+    assert (out / ".flanmix").is_file() and _rows(out / "test.parquet")
 
 
 def test_hub_task_has_no_converter(tmp_path):
@@ -246,7 +302,8 @@ def test_missing_local_files_hint_at_the_build(tmp_path):
 
 def test_cot_tsv_restores_line_breaks_and_refuses_a_short_line(tmp_path):
     rows = _rows(
-        build(_task("cot_aqua"), FIXTURES / "cot", tmp_path) and tmp_path / "train.parquet"
+        build(_task("cot_aqua"), FIXTURES / "cot", tmp_path / "aqua")
+        and tmp_path / "aqua" / "train.parquet"
     )
     assert rows[1] == {
         "question": "If 3x = 12, what is x?\nOptions:\n(A) 2\n(B) 3\n(C) 4\n(D) 5\n(E) 6",
