@@ -69,7 +69,7 @@ from .models import (
     load_model,
     padded,
 )
-from .publish import staging
+from .publish import MARKER, claim, staging, write_marker
 from .rank import encode_rows, option_logprobs
 from .render import hash64
 
@@ -977,8 +977,36 @@ def evaluate(
             check_model_name(name)
     out = Path(out)
     run = {"model": model, "mixture": str(mix.path.resolve()), "baseline": baseline}
-    _check_results_folder(out, run, cfg.overwrite)
+    _check_results_folder(out, run, cfg.overwrite)  # before the lock too: fail before waiting
+    _mark_earlier_results(out)
+    models = [Path(n) for n in (model, baseline) if n and Path(n).exists()]
+    # flanmix's output guard (flanmix.publish.claim): OUT is never the mixture, a model or the
+    # working folder; one writer at a time (a second evaluate of OUT fails "in use"); an existing
+    # folder is one flanmix made, and the check above said which results it may replace
+    with claim(
+        out,
+        overwrite=cfg.overwrite,
+        protect=[mix.path, *models],
+        what="the results",
+        exists_ok=True,
+        error=EvaluateError,
+    ):
+        _check_results_folder(out, run, cfg.overwrite)
+        return _evaluate_into(out, run, mix, rows, shots, model, baseline, cfg)
 
+
+def _mark_earlier_results(out: Path) -> None:
+    """Mark a results folder written before results were marked (``results.json`` naming its run),
+    so the output guard knows flanmix made it."""
+    try:
+        old = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(old, dict) and "run" in old and not (out / MARKER).exists():
+        write_marker(out, "evaluation")
+
+
+def _evaluate_into(out, run, mix, rows, shots, model, baseline, cfg) -> dict[str, Any]:
     device = _device(cfg.device)
     torch.manual_seed(0)
     if not cfg.progress or not sys.stderr.isatty():  # transformers' load bars too
@@ -1017,6 +1045,7 @@ def evaluate(
         (tmp / "predictions.json").write_text(json.dumps(predictions, indent=1) + "\n")
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "results.md").write_text(markdown_report(results))
+        write_marker(tmp, "evaluation")
     results["paths"] = {
         "json": str(out / "results.json"),
         "markdown": str(out / "results.md"),

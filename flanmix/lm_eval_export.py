@@ -12,8 +12,9 @@ then scores the held-out clusters the way ``flanmix evaluate`` does, offline. DE
 - ``<cluster>.yaml``: one group per held-out cluster whose ``score`` is the mean of its tasks'
   scores (turned-around templates excluded);
 - ``utils.py``: the metrics (a copy of ``flanmix.lm_eval_utils``), each averaged per template first;
-- ``flanmix_lm_eval.json``: what was exported, from which mixture (the marker that lets
-  ``--overwrite`` replace only a folder flanmix wrote).
+- ``flanmix_lm_eval.json``: what was exported, from which mixture (it marks DEST as made by
+  flanmix: like every flanmix output, DEST goes through :func:`flanmix.publish.claim`, so
+  ``--overwrite`` replaces only a folder flanmix made, and a second writer of DEST fails "in use").
 
 Why one lm-eval task per flanmix task and not per template: the harness averages a group over its
 leaf tasks, so per-template leaves would weigh tasks by their number of templates. Here a task's
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlanmixError, Location
-from .publish import staging
+from .publish import check_out, claim, staging
 
 MARKER = "flanmix_lm_eval.json"
 SEPARATOR = "\n"  # flanmix.models.SEPARATOR, kept here so exporting does not import torch
@@ -276,17 +277,15 @@ def export_lm_eval(
         raise LmEvalExportError(
             f"task prefix {prefix!r} is not a valid lm-eval name", hint="letters, digits and _"
         )
-    if dest.exists():
-        if not overwrite:
-            raise LmEvalExportError(
-                "already exists", location=Location(file=str(dest)), hint="pass --overwrite"
-            )
-        if not (dest / MARKER).is_file():
-            raise LmEvalExportError(
-                f"exists and is not an lm-eval export flanmix wrote (no {MARKER})",
-                location=Location(file=str(dest)),
-                hint="choose another destination",
-            )
+    # flanmix's output guard (flanmix.publish): a new DEST, or with --overwrite one flanmix made;
+    # checked now to fail before reading rows, and again under DEST's lock before writing
+    guard = dict(
+        overwrite=overwrite,
+        protect=[mixture.path],
+        what="the lm-eval export",
+        error=LmEvalExportError,
+    )
+    check_out(dest, **guard)
     rows = list(mixture.iter_rows("eval")) if mixture.shards("eval") else []
     if not rows:
         raise LmEvalExportError(
@@ -309,7 +308,7 @@ def export_lm_eval(
             )
     leaves = plan_leaves(rows, prefix)
     groups: dict[str, list[str]] = defaultdict(list)
-    with staging(dest) as tmp:
+    with claim(dest, **guard), staging(dest) as tmp:  # one writer; DEST replaced only at the end
         (tmp / "data").mkdir()
         for leaf in leaves:
             with open(tmp / "data" / f"{leaf['name']}.jsonl", "w", encoding="utf-8") as fh:

@@ -319,6 +319,33 @@ def test_results_folder_of_another_run_is_refused_and_nothing_half_written(
     assert (other / "notes.txt").read_text() == "mine"
 
 
+def test_results_folder_goes_through_the_output_guard(mixture, tmp_path, tiny):
+    """One writer per results folder ("in use"), never over the mixture or the model, results
+    marked as flanmix's; a folder of results written before the marker is still replaced."""
+    from flanmix.evaluate import EvaluateError
+    from flanmix.publish import lock, made_by_flanmix
+
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.tokenizer.save_pretrained(tmp_path / "m")
+    model = str(tmp_path / "m")
+    cfg = EvalConfig(progress=False, max_examples=2, max_new_tokens=2, resamples=20)
+    out = tmp_path / "e"
+    with lock(out), pytest.raises(EvaluateError, match="in use"):  # another evaluate writes it
+        evaluate(model, mixture, out, cfg=cfg)
+    assert not out.exists()
+    evaluate(model, mixture, out, cfg=cfg)
+    assert made_by_flanmix(out) == "evaluation"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "m"]  # no lock, no temporary
+    (out / ".flanmix").unlink()  # results written before the marker: the same run replaces them
+    evaluate(model, mixture, out, cfg=cfg)
+    assert made_by_flanmix(out) == "evaluation"
+    cfg.overwrite = True
+    for where in (mixture, tmp_path):  # the mixture, or a folder holding it or the model
+        with pytest.raises(EvaluateError, match="holds no flanmix results: not replacing it"):
+            evaluate(model, mixture, where, cfg=cfg)
+    assert (Path(mixture) / "manifest.json").is_file() and (tmp_path / "m").is_dir()
+
+
 def test_cli_evaluate(mixture, tmp_path, tiny, capsys):
     from flanmix.cli import main
 

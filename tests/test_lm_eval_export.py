@@ -94,17 +94,40 @@ def test_inverted_templates_are_reported_apart_without_score():
     assert leaves["fx_sst2_inverted"]["primary"] == "rougeL"
 
 
-def test_overwrite_only_replaces_an_lm_eval_export(tmp_path):
+def test_overwrite_only_replaces_what_flanmix_made(tmp_path):
+    """DEST goes through flanmix's output guard (flanmix.publish.claim)."""
     mix = toy_mixture(tmp_path / "mix")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
-    with pytest.raises(LmEvalExportError, match="not an lm-eval export"):
-        export_lm_eval(mix, tmp_path / "mine", overwrite=True)
-    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    for overwrite in (False, True):
+        with pytest.raises(LmEvalExportError, match="not a folder flanmix made"):
+            export_lm_eval(mix, tmp_path / "mine", overwrite=overwrite)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     export_lm_eval(mix, tmp_path / "lm")
     with pytest.raises(LmEvalExportError, match="already exists"):
         export_lm_eval(mix, tmp_path / "lm")
+    (tmp_path / "lm" / "stale.yaml").write_text("task: gone\n")
     export_lm_eval(mix, tmp_path / "lm", overwrite=True)
+    assert not (tmp_path / "lm" / "stale.yaml").exists()  # replaced whole, not merged
+    with pytest.raises(LmEvalExportError, match="would replace"):  # never over its own mixture
+        export_lm_eval(mix, mix, overwrite=True)
+    with pytest.raises(LmEvalExportError, match="would replace"):
+        export_lm_eval(mix, tmp_path, overwrite=True)
+    (tmp_path / "empty").mkdir()  # nothing to lose: filled with --overwrite
+    export_lm_eval(mix, tmp_path / "empty", overwrite=True)
+    assert (tmp_path / "empty" / "flanmix_lm_eval.json").is_file()
+
+
+def test_a_second_writer_of_dest_fails_with_in_use(tmp_path):
+    from flanmix.publish import lock
+
+    mix = toy_mixture(tmp_path / "mix")
+    dest = tmp_path / "lm"
+    with lock(dest), pytest.raises(LmEvalExportError, match="in use"):  # another writer holds it
+        export_lm_eval(mix, dest)
+    assert not dest.exists()
+    export_lm_eval(mix, dest)  # released: the next writer goes ahead
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm", "mix"]  # no lock left behind
 
 
 def test_no_eval_split_is_an_error(tmp_path):
