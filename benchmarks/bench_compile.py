@@ -243,7 +243,7 @@ def promptsource_loop(path: Path, n: int) -> float | None:
 
 
 def compile_once(spec: Path, out: Path, workers: int) -> tuple[float, int]:
-    from flanmix.write import compile_mixture
+    from flanmix.compile import compile_mixture
 
     if out.exists():
         shutil.rmtree(out)

@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def eval_rows(n: int) -> tuple[list[dict], list[str]]:
     """The first ``n`` options rows of the offline demo mixture's eval split, and its train texts."""
+    from flanmix.compile import compile_mixture
     from flanmix.mixture import Mixture
-    from flanmix.write import compile_mixture
 
     out = Path(tempfile.mkdtemp(prefix="bench_eval_")) / "mix"
     compile_mixture(REPO / "mixtures" / "small_offline.yaml", out, offline=True, workers=1)

@@ -180,7 +180,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     mixture = args.mixture
     if mixture is None:
-        from flanmix.write import compile_mixture
+        from flanmix.compile import compile_mixture
 
         mixture = work / "mixture"
         compile_mixture(REPO / "mixtures" / "small_offline.yaml", mixture, offline=True)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from typing import Any
 import yaml
 
 from .errors import FlanmixError, Location, SourceError
+from .publish import staging
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CATEGORIES_FILE = DATA_DIR / "niv2_categories.yaml"
@@ -774,8 +773,7 @@ def import_natural_instructions(
     _check_out(out, overwrite)
     report = ImportReport(out=out, files=len(files), splits_dir=splits_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staging(out) as stage:  # published whole, or not at all
         members: dict[str, list[ImportedTask]] = {}
         for n, f in enumerate(files):
 
@@ -841,10 +839,6 @@ def import_natural_instructions(
             + "\n",
             encoding="utf-8",
         )
-        _publish(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return report
 
 
@@ -910,18 +904,3 @@ def _check_out(out: Path, overwrite: bool) -> None:
             location=Location(file=str(out)),
             hint="pass --overwrite to replace it",
         )
-
-
-def _publish(stage: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    try:
-        stage.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -428,23 +428,20 @@ def load_state(path: Path) -> dict[str, Any]:
 def save_checkpoint(
     path: Path, model, tokenizer, optimizer, scheduler, step: int, cfg: TrainConfig
 ) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "rng": rng_state(),
-        "config": asdict(cfg),
-    }
-    torch.save(state, tmp / "state.pt")
-    _index_checkpoint(tmp)
-    if path.exists():
-        import shutil
+    from .publish import staging
 
-        shutil.rmtree(path)
-    tmp.rename(path)  # a checkpoint directory with state.pt is complete
+    with staging(path) as tmp:  # a checkpoint directory with state.pt is complete
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "rng": rng_state(),
+            "config": asdict(cfg),
+        }
+        torch.save(state, tmp / "state.pt")
+        _index_checkpoint(tmp)
 
 
 # ----------------------------------------------------------------------------- the run

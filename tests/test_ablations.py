@@ -14,7 +14,7 @@ import pytest
 from flanmix.catalog import load_catalog
 from flanmix.errors import SpecError
 from flanmix.mixture import Mixture
-from flanmix.write import composition_report
+from flanmix.report import composition_report
 from tests.test_mix import FIXTURE, compile_, make_spec, write_sources
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from flanmix.compile import compile_mixture
 from flanmix.export import FORMATS, SCHEMAS, export_mixture
 from flanmix.mixture import SCHEMA, Mixture
-from flanmix.write import compile_mixture
 from tests.test_mix import FIXTURE, make_spec
 
 

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from flanmix.cli import main
+from flanmix.compile import compile_mixture
 from flanmix.errors import FlanmixError
 from flanmix.export import export_mixture
 from flanmix.mixture import Mixture
-from flanmix.write import compile_mixture
 from tests.test_mix import make_spec
 
 

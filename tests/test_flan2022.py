@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from flanmix.catalog import add_catalogs, load_catalog
+from flanmix.compile import compile_mixture
 from flanmix.errors import CatalogError, SpecError
 from flanmix.spec import load_spec
-from flanmix.write import compile_mixture
 
 from .conftest import REPO
 

@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanmix.catalog import load_catalog
+from flanmix.compile import compile_mixture
 from flanmix.errors import CompileError, SpecError
-from flanmix.mix import options_block, plan_mixture, resolve_holdout
 from flanmix.mixture import Mixture
-from flanmix.sampling import VARIED_HEADERS, VARIED_MARKERS
+from flanmix.plan import plan_mixture, resolve_holdout
+from flanmix.sampling import VARIED_HEADERS, VARIED_MARKERS, options_block
 from flanmix.spec import spec_from_mapping
-from flanmix.write import compile_mixture
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mix"
 

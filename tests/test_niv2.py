@@ -18,6 +18,7 @@ import pytest
 from flanmix import niv2
 from flanmix.catalog import load_catalog
 from flanmix.cli import main
+from flanmix.compile import compile_mixture
 from flanmix.errors import FlanmixError
 from flanmix.lint import lint_paths
 from flanmix.niv2 import (
@@ -27,7 +28,6 @@ from flanmix.niv2 import (
     import_natural_instructions,
     read_rows,
 )
-from flanmix.write import compile_mixture
 
 from .niv2_data import SENTENCES, TEST_CATEGORIES, TRAIN, task, write_tree
 

@@ -14,13 +14,14 @@ import pytest
 import yaml
 
 from flanmix.catalog import load_catalog
+from flanmix.compile import compile_mixture
 from flanmix.errors import CompileError, FlanmixError, SpecError, TaskFileError
 from flanmix.lint import lint_paths
-from flanmix.mix import choose_templates, plan_mixture
 from flanmix.mixture import Mixture
+from flanmix.plan import plan_mixture
 from flanmix.render import example_seed
+from flanmix.rows import choose_templates
 from flanmix.sampling import SAMPLING_VERSION, draw, options_block, pick, uniform
-from flanmix.write import compile_mixture
 from tests.test_mix import FIXTURE, compile_, make_spec, write_sources
 
 

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from flanmix.catalog import load_catalog
+from flanmix.compile import compile_mixture
 from flanmix.mixture import Mixture
-from flanmix.write import compile_mixture
 
 from .test_mix import FIXTURE, make_spec
 

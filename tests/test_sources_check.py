@@ -21,9 +21,11 @@ import yaml
 
 from flanmix.catalog import DEFAULT_ROOT, load_catalog
 from flanmix.cli import main
+from flanmix.compile import compile_mixture
 from flanmix.errors import PreflightError, SourceError
-from flanmix.mix import plan_mixture, spec_source_uses
+from flanmix.plan import plan_mixture, spec_source_uses
 from flanmix.repo_fixture import write_fixture_local, write_fixture_repo
+from flanmix.report import composition_report
 from flanmix.sources_check import (
     HUB_ROOT_ENV,
     _Probe,
@@ -33,7 +35,6 @@ from flanmix.sources_check import (
     local_repo,
 )
 from flanmix.spec import load_spec
-from flanmix.write import compile_mixture, composition_report
 
 from .test_mix import FIXTURE, make_spec
 

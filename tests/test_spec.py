@@ -71,7 +71,7 @@ def test_submix_keys_are_checked(tmp_path):
 def test_plan_errors_point_at_the_spec_line(tmp_path):
     """Errors found while planning (unknown names) carry the spec file's line, like schema errors."""
     from flanmix.catalog import load_catalog
-    from flanmix.write import compile_mixture
+    from flanmix.compile import compile_mixture
 
     from .test_mix import FIXTURE
 

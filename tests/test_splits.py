@@ -14,7 +14,7 @@ import pytest
 
 from flanmix.catalog import add_catalogs, load_catalog
 from flanmix.errors import SpecError
-from flanmix.mix import plan_mixture, resolve_holdout
+from flanmix.plan import plan_mixture, resolve_holdout
 from flanmix.sources import HubState, SourceReader, resolve_source
 from flanmix.spec import load_spec, spec_from_mapping
 
