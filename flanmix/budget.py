@@ -11,8 +11,10 @@ catastrophic regex). Here:
   ``center``/``indent``/``format`` filters, ``replace``, ``join`` and ``lipsum`` are checked
   before the string is built; ``~`` and the rendered output itself are cut at
   :attr:`Limits.chars` characters (default 1,000,000 per field).
-- **Time.** Every guarded render has a deadline (default 2 s): a watchdog thread interrupts a
-  render that passes it (an asynchronous :class:`RenderBudgetError` in the rendering thread).
+- **Time.** Every guarded render has a time budget (default 2 s): a watchdog thread, waking every
+  50 ms, interrupts a render that passes it (an asynchronous :class:`RenderBudgetError` in the
+  rendering thread). A render only bumps a per-thread counter when it starts and ends (no clock
+  read, no lock, no signal), so the budget costs next to nothing per row.
 - **Regexes** (``regex_replace``) run on the ``regex`` engine with the same time limit.
 
 Limits come from ``FLANMIX_RENDER_SECONDS`` and ``FLANMIX_RENDER_CHARS`` (read at import, so
@@ -369,38 +371,49 @@ class BudgetSandbox(ImmutableSandboxedEnvironment):
 
 # ----------------------------------------------------------------------------- time
 
+_TICK = 0.05  # how often the watchdog looks at the running renders (seconds)
+
 
 class _Slot:
-    """The deadline of the render running in one thread (None between renders)."""
+    """What the watchdog knows of the renders of one thread.
 
-    __slots__ = ("tid", "pid", "deadline", "fired")
+    ``seq`` counts render starts and ends (odd while a render runs): a render only adds 1 to it
+    when it starts and when it ends, with no clock read. The watchdog notes when it first saw each
+    odd ``seq`` and interrupts the render still holding it :attr:`Limits.seconds` later (to within
+    one tick)."""
+
+    __slots__ = ("tid", "seq", "fired", "seen", "since")
 
     def __init__(self) -> None:
-        self.tid, self.pid = threading.get_ident(), os.getpid()
-        self.deadline: float | None = None
+        self.tid = threading.get_ident()
+        self.seq = 0
         self.fired = False
+        self.seen = 0  # the watchdog's: the odd seq it last saw, and since when
+        self.since = 0.0
 
 
 class _Watchdog:
-    """One daemon thread per process that interrupts renders past their deadline, by raising
-    :class:`RenderBudgetError` in the rendering thread. Starting and ending a render only sets
-    an attribute of the thread's slot (no lock): the watchdog re-reads the deadline right before
-    it fires, so a render that has just ended is not hit."""
+    """One daemon thread per process that interrupts renders past their time budget, by raising
+    :class:`RenderBudgetError` in the rendering thread. Starting and ending a render only bumps
+    its thread's counter (no lock, no clock): the watchdog re-reads it right before it fires, so a
+    render that has just ended is not hit."""
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
         self.slots: list[_Slot] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._run, name="flanmix-render-watchdog", daemon=True).start()
 
     def _run(self) -> None:
         while True:
-            time.sleep(0.05)
+            time.sleep(_TICK)
             now = time.monotonic()
             for slot in list(self.slots):
-                deadline = slot.deadline
-                late = deadline is not None and now > deadline and not slot.fired
-                if late and slot.deadline is deadline:
+                seq = slot.seq
+                if not seq & 1:  # between renders
+                    continue
+                if seq != slot.seen:  # a render it has not seen yet: its time starts now
+                    slot.seen, slot.since = seq, now
+                elif now - slot.since >= LIMITS.seconds and not slot.fired and slot.seq == seq:
                     slot.fired = True
                     _async_raise(slot.tid, RenderBudgetError)
 
@@ -418,20 +431,30 @@ def _async_raise(tid: int, exc: type[BaseException] | None) -> None:
 
 
 _WATCHDOG: _Watchdog | None = None
+_START = threading.Lock()
 _LOCAL = threading.local()
+
+
+def _forget_after_fork() -> None:
+    """A forked child has no watchdog thread: the next render starts one (no pid check per render)."""
+    global _WATCHDOG, _START, _LOCAL
+    _WATCHDOG, _START, _LOCAL = None, threading.Lock(), threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _slot() -> _Slot:
     global _WATCHDOG
-    if _WATCHDOG is None or _WATCHDOG.pid != os.getpid():  # first render, or a forked child
-        _WATCHDOG = _Watchdog()
-    _LOCAL.slot = _WATCHDOG.register()
-    return _LOCAL.slot
+    with _START:
+        if _WATCHDOG is None:  # the first render of this process
+            _WATCHDOG = _Watchdog()
+    _LOCAL.slot = slot = _WATCHDOG.register()
+    return slot
 
 
-def _over(slot: _Slot) -> bool:
-    """End the slot's render; True if the watchdog fired (a pending exception is cleared)."""
-    slot.deadline = None
+def _fired(slot: _Slot) -> bool:
+    """After a render: True if the watchdog fired on it (its pending exception is cleared)."""
     if not slot.fired:
         return False
     slot.fired = False
@@ -440,23 +463,27 @@ def _over(slot: _Slot) -> bool:
 
 
 def timed(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn`` under the render time budget (a method rendering one row)."""
+    """Run ``fn`` under the render time budget (a method rendering one row). Its cost per call is
+    a thread-local read and two counter updates; the clock is the watchdog's."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        slot = getattr(_LOCAL, "slot", None)
-        if slot is None or slot.pid != os.getpid():
+        try:
+            slot = _LOCAL.slot
+        except AttributeError:
             slot = _slot()
-        if slot.deadline is not None:  # inside another timed render: its deadline holds
+        seq = slot.seq
+        if seq & 1:  # inside another timed render: its budget holds
             return fn(*args, **kwargs)
-        slot.deadline = time.monotonic() + LIMITS.seconds
+        slot.seq = seq + 1
         try:
             result = fn(*args, **kwargs)
         except BaseException:
-            _over(slot)  # the error (a located one, if fn made it) goes on
+            slot.seq = seq + 2
+            _fired(slot)  # the error (a located one, if fn made it) goes on
             raise
-        slot.deadline = None
-        if slot.fired and _over(slot):
+        slot.seq = seq + 2
+        if slot.fired and _fired(slot):
             raise RenderBudgetError()
         return result
 

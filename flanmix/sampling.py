@@ -19,13 +19,15 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .render import hash64, mix64
+from .render import hash64
 
 #: Written to the manifest. 1: bit fields of one hash per row (flanmix <= 0.1 before issue 11).
 #: 2: independent named draws, rendezvous-hashed option styles, redrawn skips.
 SAMPLING_VERSION = 2
 
 _2_53 = float(1 << 53)
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # mix64's increment
 
 
 @functools.lru_cache(maxsize=4096)
@@ -33,9 +35,19 @@ def _key(name: str) -> int:
     return hash64("flanmix-draw", name)
 
 
+@functools.lru_cache(maxsize=4096)
+def _offset(name: str) -> int:
+    """What :func:`flanmix.render.mix64` adds to the base for the decision ``name`` (cached)."""
+    return ((_key(name) + 1) * _GOLDEN) & _M64
+
+
 def draw(base: int, name: str) -> int:
-    """64 independent bits for the decision ``name`` of the example whose hash is ``base``."""
-    return mix64(base, _key(name))
+    """64 independent bits for the decision ``name`` of the example whose hash is ``base``:
+    ``mix64(base, _key(name))``, written out (a compile makes millions of draws)."""
+    z = (base + _offset(name)) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
 
 
 def uniform(base: int, name: str) -> float:
@@ -48,9 +60,26 @@ def index(base: int, name: str, n: int) -> int:
     return draw(base, name) % n
 
 
+@functools.lru_cache(maxsize=1024)
+def _pick_offsets(name: str, names: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+    return tuple((_offset(f"{name}:{n}"), n) for n in names)
+
+
 def pick(base: int, name: str, names: Sequence[str]) -> str:
-    """One of ``names`` by rendezvous hashing: stable when other names are added or removed."""
-    return max(names, key=lambda n: (draw(base, f"{name}:{n}"), n))
+    """One of ``names`` by rendezvous hashing: stable when other names are added or removed.
+
+    The highest ``(draw(base, name + ":" + n), n)`` wins; the draws are written out here."""
+    best_z, best = -1, None
+    for offset, n in _pick_offsets(name, tuple(names)):
+        z = (base + offset) & _M64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        z ^= z >> 31
+        if z > best_z or (z == best_z and n > best):
+            best_z, best = z, n
+    if best is None:
+        raise ValueError("pick() of no names")
+    return best
 
 
 # ----------------------------------------------------------------------------- options styles

@@ -143,3 +143,46 @@ def test_row_preparer_skips_unlabeled_and_filters():
     assert prepare({"sentence": "hello", "label": 1}) == {"text": "hello", "label": 1}
     assert prepare({"sentence": "hello", "label": -1}) == Skip("unlabeled (label is -1)")
     assert prepare({"sentence": "hi", "label": 0}) == Skip("too short")
+
+
+SLOW_LOOP = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+
+
+def _render_slow_loop(_: int) -> tuple[str, float]:
+    import time
+
+    ct = compile_template("t", _t(input=SLOW_LOOP))
+    t0 = time.perf_counter()
+    try:
+        ct.render(ROW)
+        return "rendered", time.perf_counter() - t0
+    except TemplateError as exc:
+        return exc.message, time.perf_counter() - t0
+
+
+def test_time_budget_per_render_in_forked_workers_not_between_renders():
+    """The watchdog times each render, not the time between renders nor a run of quick ones, and
+    a forked worker (whose parent already rendered) gets its own."""
+    import multiprocessing
+    import time
+
+    from flanmix.budget import LIMITS, set_limits
+
+    old = LIMITS.seconds
+    set_limits(seconds=0.3)
+    try:
+        ct = compile_template("t", _t())
+        assert ct.render(ROW).input == "It rained all day."  # the parent's watchdog is running
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.5:  # quick renders for longer than the budget
+            assert ct.render(ROW).input == "It rained all day."
+        time.sleep(0.4)  # idle past the budget: nothing fires
+        assert ct.render(ROW).input == "It rained all day."
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            message, seconds = pool.map(_render_slow_loop, [0])[0]
+        assert "render took longer than 0.3 s" in message and seconds < 3
+        message, seconds = _render_slow_loop(0)  # and in this process
+        assert "render took longer than 0.3 s" in message and seconds < 3
+        assert ct.render(ROW).input == "It rained all day."  # nothing left pending
+    finally:
+        set_limits(seconds=old)
