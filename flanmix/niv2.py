@@ -227,15 +227,23 @@ def _instance(value: Any, index: int, name: str, buf: _Buffer) -> dict[str, Any]
         raise buf.error(f"instance {index} has no 'input' string", index, value=True)
     out = value.get("output")
     outputs = [out] if isinstance(out, str) else out
-    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+    if not isinstance(outputs, list):
         raise buf.error(f"instance {index}: 'output' must be a list of strings", index, value=True)
-    if not any(o.strip() for o in outputs):
+    kept = []
+    for o in outputs:
+        if not isinstance(o, str):
+            raise buf.error(
+                f"instance {index}: 'output' must be a list of strings", index, value=True
+            )
+        if o.strip():
+            kept.append(o)
+    if not kept:
         raise buf.error(f"instance {index} has no output", index, value=True)
     ident = value.get("id")
     return {
         "id": str(ident) if ident is not None else f"{name}-{index}",
         "input": text,
-        "output": [o for o in outputs if o.strip()],
+        "output": kept,
     }
 
 
@@ -321,8 +329,21 @@ class TaskStream:
         if buf.peek() == "]":
             buf.pos += 1
         else:
+            scan, ws = _DECODER.raw_decode, _WS.match
             while True:
-                value = buf.value(f"instance {index}", index)
+                # the common case, inlined: an object that ends inside the buffer; anything else
+                # (a value cut by the buffer's end, bad JSON) goes through buf.value()
+                text = buf.buf
+                pos = ws(text, buf.pos).end()
+                try:
+                    value, end = scan(text, pos)
+                except ValueError:
+                    end = -1
+                if end < len(text) and end > pos and isinstance(value, dict):
+                    buf.start, buf.pos = pos, end
+                else:
+                    buf.pos = pos
+                    value = buf.value(f"instance {index}", index)
                 yield _instance(value, index, self.name, buf) if check else value
                 index += 1
                 self.count = index
