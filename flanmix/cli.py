@@ -212,6 +212,9 @@ def _run_preview(args) -> int:
 
 
 def _add_train(sub) -> None:
+    from .config import TrainConfig  # defaults shown here are the config's (no torch needed)
+
+    d = TrainConfig.default
     p = sub.add_parser(
         "train", help="fine-tune a model on a compiled mixture (needs flanmix[train])"
     )
@@ -228,21 +231,30 @@ def _add_train(sub) -> None:
         default=None,
         help="YAML train config (keys of flanmix.train.TrainConfig)",
     )
-    p.add_argument("-o", "--out", default=None, help="run directory (default runs/train)")
+    p.add_argument("-o", "--out", default=None, help=f"run directory (default {d('out')})")
     p.add_argument(
-        "--model", default=None, help="tiny (default) | smollm2 | file.gguf | local dir | hub id"
+        "--model",
+        default=None,
+        help=f"{d('model')} (default) | smollm2 | file.gguf | local dir | hub id",
     )
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default 50)")
     p.add_argument(
-        "--batch-size", type=int, default=None, help="sequences per micro-batch (default 8)"
+        "--max-steps", type=int, default=None, help=f"optimizer steps (default {d('max_steps')})"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"sequences per micro-batch (default {d('batch_size')})",
     )
     p.add_argument(
         "--seq-len",
         type=int,
         default=None,
-        help="tokens per sequence, longer pairs cut (default 256)",
+        help=f"tokens per sequence, longer pairs cut (default {d('seq_len')})",
     )
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    p.add_argument(
+        "--lr", type=float, default=None, help=f"peak learning rate (default {d('lr'):g})"
+    )
     p.add_argument(
         "--packing", action="store_true", default=None, help="pack several examples per row"
     )
@@ -308,6 +320,9 @@ def _run_train(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
+    from .config import EvalConfig  # defaults from the config's fields (no torch needed)
+
+    d = EvalConfig.default
     p = sub.add_parser(
         "evaluate", help="score a model on a mixture's held-out eval split (needs flanmix[train])"
     )
@@ -329,23 +344,33 @@ def _add_evaluate(sub) -> None:
         default=Path("runs/eval"),
         help="results folder (default runs/eval)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
-    p.add_argument("--max-examples", type=int, default=0, help="rows per template (0: all)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d("batch_size"),
+        help=f"rows per forward pass (default {d('batch_size')})",
+    )
+    p.add_argument(
+        "--max-examples", type=int, default=d("max_examples"), help="rows per template (0: all)"
+    )
     p.add_argument(
         "--max-new-tokens",
         type=int,
-        default=None,
+        default=d("max_new_tokens"),
         help="decode budget for every template (default: per template, the 95th percentile of "
         "its target lengths + 2, at most --max-new-tokens-cap)",
     )
     p.add_argument(
         "--max-new-tokens-cap",
         type=int,
-        default=256,
-        help="upper bound of the per-template decode budget (default 256)",
+        default=d("max_new_tokens_cap"),
+        help=f"upper bound of the per-template decode budget (default {d('max_new_tokens_cap')})",
     )
     p.add_argument(
-        "--seq-len", type=int, default=512, help="longest prompt + answer in tokens (default 512)"
+        "--seq-len",
+        type=int,
+        default=d("seq_len"),
+        help=f"longest prompt + answer in tokens (default {d('seq_len')})",
     )
     p.add_argument(
         "--chat-template", action="store_true", help="wrap inputs in the tokenizer's chat template"
@@ -353,17 +378,20 @@ def _add_evaluate(sub) -> None:
     p.add_argument(
         "--shots",
         type=int,
-        default=None,
+        default=d("shots"),
         help="exemplars per eval row the mixture must have (made at compile: eval.few_shot)",
     )
     p.add_argument(
-        "--resamples", type=int, default=1000, help="bootstrap resamples for the CIs (0: none)"
+        "--resamples",
+        type=int,
+        default=d("resamples"),
+        help="bootstrap resamples for the CIs (0: none)",
     )
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seed", type=int, default=d("seed"), help="bootstrap seed")
     p.add_argument(
         "--dev-fraction",
         type=float,
-        default=0.2,
+        default=d("dev_fraction"),
         help="share of each task's source rows that picks the best template (not reported on)",
     )
     p.add_argument(

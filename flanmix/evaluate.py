@@ -53,13 +53,14 @@ import string
 import sys
 import warnings
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .config import EvalConfig
 from .errors import FlanmixError, Location
 from .mixture import Mixture
 from .models import (
@@ -96,23 +97,6 @@ RESULTS_VERSION = 2
 
 class EvaluateError(FlanmixError):
     """An evaluation that cannot run (no eval split, missing model, occupied results folder)."""
-
-
-@dataclass
-class EvalConfig:
-    batch_size: int = 16  # sequences per forward pass (options are flattened first)
-    max_new_tokens: int | None = None  # one decode budget for all (None: per template, see below)
-    max_new_tokens_cap: int = 256  # ceiling of the per-template budget
-    max_examples: int = 0  # rows per template (0: all)
-    seq_len: int = 512  # prompt + continuation budget, same truncation policy as training
-    chat_template: bool = False
-    device: str = "auto"
-    progress: bool = True
-    shots: int | None = None  # exemplars per eval row the mixture must have (None: whatever it has)
-    dev_fraction: float = 0.2  # share of each task's source rows that choose the best template
-    resamples: int = 1000  # bootstrap resamples for the confidence intervals (0: none)
-    seed: int = 0  # bootstrap seed
-    overwrite: bool = False  # replace a results folder holding another run's results
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -1021,7 +1005,7 @@ def _evaluate_into(out, run, mix, rows, shots, model, baseline, cfg) -> dict[str
         "mixture": str(mix.path),
         "rows": len(rows),
         "shots": shots,
-        "config": asdict(cfg),
+        "config": cfg.model_dump(),
         "dev_slice": {
             "fraction": cfg.dev_fraction,
             "rule": f"source rows with hash64('flanmix-dev-slice', task, row) < {cfg.dev_fraction:g} x 2^64",

@@ -39,7 +39,6 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .errors import FlanmixError, Location, did_you_mean
+from .config import TrainConfig, TrainError
+from .config import load_config as load_config  # flanmix.train.load_config, as before
+from .errors import FlanmixError, Location
 from .mixture import Mixture
 from .models import (
     PACKING_MODEL_TYPES,
@@ -59,130 +60,6 @@ from .models import (
     target_logits,
     truncate_pair,
 )
-
-
-class TrainError(FlanmixError):
-    """A training run that cannot start or continue."""
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run. Read from YAML, then overridden by ``--set key=value`` and flags."""
-
-    mixture: str = ""  # compiled mixture directory (has manifest.json)
-    out: str = "runs/train"  # run directory: metrics.jsonl, checkpoints/, model/
-    model: str = "tiny"  # tiny | smollm2 | path/to/file.gguf | local dir | hub id
-    tiny_hidden: int = 64  # shape of the tiny model (only for model: tiny)
-    tiny_layers: int = 2
-    tiny_vocab: int = 2048
-    chat_template: bool = False  # wrap inputs in the tokenizer's chat template (if it has one)
-    seq_len: int = 256
-    batch_size: int = 8  # sequences per micro-batch (packed rows when packing)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 50
-    max_examples: int = 0  # use only the first N training rows (0: all)
-    packing: bool = False
-    group_by_length: bool = True  # unpacked: batch examples of similar length (less padding)
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 5
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.95
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    eval_every: int = 0  # held-out loss every N steps (0: only at the end)
-    eval_examples: int = 64  # eval-split rows used for the held-out loss
-    save_every: int = 0  # checkpoint every N steps (0: only at the end)
-    resume: str = ""  # "" | "latest" (newest checkpoint in out/) | path to a checkpoint
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CPU too)
-    progress: bool = True  # tqdm bar
-    overwrite: bool = False  # replace an old run in `out` (only a folder flanmix made)
-    verify: bool = True  # re-hash the mixture's shards against its manifest before reading
-
-
-def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, **values: Any
-) -> TrainConfig:
-    """A TrainConfig from a YAML file, ``key=value`` overrides, then keyword values (not None)."""
-    names = {f.name: f for f in fields(TrainConfig)}
-    raw: dict[str, Any] = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise TrainError(
-                f"no such train config file: {path}",
-                location=Location(file=str(path)),
-                hint="give a YAML file of TrainConfig keys, e.g. configs/smollm2.yaml",
-            )
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise TrainError(
-                f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
-                location=Location(file=str(path), line=mark.line + 1 if mark else None),
-            ) from exc
-        if not isinstance(loaded, dict):
-            raise TrainError(
-                "a train config must be a YAML mapping", location=Location(file=str(path))
-            )
-        raw.update(loaded)
-    for item in overrides or []:
-        key, sep, text = item.partition("=")
-        if not sep:
-            raise TrainError(f"override {item!r} is not key=value", hint="e.g. --set lr=3e-4")
-        raw[key.strip()] = yaml.safe_load(text)
-    raw.update({k: v for k, v in values.items() if v is not None})
-    config = {}
-    for key, value in raw.items():
-        if key not in names:
-            raise TrainError(
-                f"unknown train setting {key!r}",
-                location=Location(file=str(path) if path else None, field=key),
-                hint=did_you_mean(key, names) or "settings: " + ", ".join(names),
-            )
-        if value is None:  # `key:` / `key=` with nothing: the default
-            continue
-        config[key] = _coerce(key, value, type(getattr(TrainConfig(), key)), path)
-    return TrainConfig(**config)
-
-
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _coerce(key: str, value: Any, kind: type, path: str | Path | None) -> Any:
-    """``value`` as the setting's type; anything that would change meaning on the way is an error
-    (``packing=ture`` is not false, ``max_steps=2.9`` is not 2)."""
-    ok: Any = None
-    if kind is bool:
-        if isinstance(value, bool):
-            ok = value
-        elif isinstance(value, (str, int)) and str(value).lower() in _TRUE + _FALSE:
-            ok = str(value).lower() in _TRUE
-    elif kind is int and not isinstance(value, bool):
-        whole_float = isinstance(value, float) and value.is_integer()
-        digits = isinstance(value, str) and value.strip().lstrip("-").isdigit()
-        if isinstance(value, int) or whole_float or digits:
-            ok = int(value)
-    elif kind is float and not isinstance(value, bool):
-        try:
-            ok = float(value)
-        except (TypeError, ValueError):
-            ok = None
-    elif kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        ok = str(value)
-    if ok is None:
-        wanted = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-        raise TrainError(
-            f"setting {key}={value!r} is not {wanted.get(kind, kind.__name__)}",
-            location=Location(file=str(path) if path else None, field=key),
-        )
-    return ok
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -438,7 +315,7 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict(),
             "step": step,
             "rng": rng_state(),
-            "config": asdict(cfg),
+            "config": cfg.model_dump(),
         }
         torch.save(state, tmp / "state.pt")
         _index_checkpoint(tmp)
@@ -462,7 +339,7 @@ SCHEDULE_KEYS = ("max_steps", "lr", "warmup_steps", "min_lr_ratio")
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
-    current = asdict(cfg)
+    current = cfg.model_dump()
 
     def same(key: str) -> bool:
         if key == "mixture":  # the same folder, however it is named (relative, absolute, ./x)
@@ -656,7 +533,7 @@ def _train(cfg: TrainConfig, out: Path, mixture: Mixture) -> dict[str, Any]:
             metrics_path.write_text("".join(ln + "\n" for ln in kept))
     elif metrics_path.exists():
         metrics_path.unlink()
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
     from tqdm.auto import tqdm
     from transformers.utils import logging as hf_logging
