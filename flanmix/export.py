@@ -122,13 +122,9 @@ def _export(mixture, dest, fmt, file_format, splits, separator) -> dict[str, Any
 
             for i, shard in enumerate(files):
                 name = shard_name(split, i, len(files))
-                sub = Mixture(
-                    path=mixture.path,
-                    manifest={**mixture.manifest, "splits": {split: {"shards": [shard]}}},
-                )
                 schema = SCHEMAS.get(fmt) or SCHEMA  # declared up front: an empty shard is valid
                 with pq.ParquetWriter(str(tmp / name), schema, compression="zstd") as writer:
-                    for batch in sub.iter_batches(split):
+                    for batch in mixture.iter_shard(shard):
                         table = convert_batch(batch, fmt, separator)
                         writer.write_table(table if table.schema == schema else table.cast(schema))
                         info["rows"] += table.num_rows

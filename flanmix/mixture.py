@@ -262,16 +262,23 @@ class Mixture:
         self, split: str, columns: list[str] | None = None, batch_size: int = 8192
     ) -> Iterator[pa.RecordBatch]:
         """Stream a split's record batches shard by shard (constant memory)."""
-        for path in self.files(split):
-            if self.file_format == "parquet":
-                import pyarrow.parquet as pq
+        for shard in self.shards(split):
+            yield from self.iter_shard(shard, columns, batch_size)
 
-                yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
-            else:
-                with pa.memory_map(str(path)) as source:
-                    reader = pa.ipc.open_stream(source)
-                    for batch in reader:
-                        yield batch.select(columns) if columns else batch
+    def iter_shard(
+        self, shard: dict[str, Any], columns: list[str] | None = None, batch_size: int = 8192
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream the record batches of one shard (an entry of :meth:`shards`)."""
+        path = self.path / shard["file"]
+        if self.file_format == "parquet":
+            import pyarrow.parquet as pq
+
+            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+        else:
+            with pa.memory_map(str(path)) as source:
+                reader = pa.ipc.open_stream(source)
+                for batch in reader:
+                    yield batch.select(columns) if columns else batch
 
     def iter_rows(self, split: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
         for batch in self.iter_batches(split, columns):
