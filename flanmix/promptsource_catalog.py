@@ -20,8 +20,6 @@ compile-ready task and, if not, why. The folder is written whole or not at all.
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from .promptsource import (
     infer_examples,
     read_templates_file,
 )
+from .publish import staging
 from .render import Skip, compile_task
 from .schema import Task
 
@@ -435,8 +434,7 @@ def _write(ready: list[Outcome], out: Path, overwrite: bool) -> Path:
                 "exists", location=Location(file=str(out)), hint="pass --overwrite to replace it"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staging(out) as stage:  # published whole, or not at all
         clusters: dict[str, list[str]] = {}
         for o in sorted(ready, key=lambda o: o.task["id"]):
             cluster = o.task["cluster"]
@@ -456,16 +454,4 @@ def _write(ready: list[Outcome], out: Path, overwrite: bool) -> Path:
             encoding="utf-8",
         )
         (stage / MARKER).write_text("flanmix import promptsource --catalog\n", encoding="utf-8")
-        stage.chmod(0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            stage.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            stage.rename(out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return out
