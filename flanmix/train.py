@@ -16,9 +16,7 @@ Choices that change results, stated once:
   shuffled order, into rows of at most ``seq_len`` tokens; an example never straddles two rows.
   Position ids restart at 0 for every example and no 2-D attention mask is passed, which makes
   transformers build a block-diagonal causal mask (``masking_utils.find_packed_sequence_indices``),
-  so examples in one row cannot attend to each other, on CPU (sdpa/eager) as on GPU. Llama and
-  Qwen2 models go further (``flanmix.packed_attention``): attention runs per example, so no score
-  between two examples is ever computed. The last token
+  so examples in one row cannot attend to each other, on CPU (sdpa/eager) as on GPU. The last token
   of an example never learns to predict the next example: the next example starts with prompt
   tokens, whose labels are -100.
 - **Determinism.** One seed drives python, numpy and torch, the tiny model's initial weights and the
@@ -492,10 +490,6 @@ def _train(cfg: TrainConfig, out: Path, mixture: Mixture) -> dict[str, Any]:
             "attend to each other",
             hint=f"--set packing=false (packing works for: {', '.join(sorted(PACKING_MODEL_TYPES))})",
         )
-    if cfg.packing:  # attention within each packed example only (see flanmix.packed_attention)
-        from .packed_attention import use_packed_attention
-
-        use_packed_attention(model)
     pad_id = tokenizer.pad_token_id
     examples, truncated = encode_pairs(pairs, tokenizer, kind, cfg)
     eval_examples = []
