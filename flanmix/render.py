@@ -306,13 +306,16 @@ def _render(tmpl: jinja2.Template, context: dict[str, Any]) -> str:
     which made skipped rows several times dearer than rendered ones. Skips pass straight through;
     real errors still get Jinja's rewritten traceback with template line numbers.
     """
-    ctx = tmpl.new_context(context, shared=True)
+    env = tmpl.environment
+    # tmpl.new_context(context, shared=True) without its two layers of calls, nor the set of the
+    # globals' names it keeps for {% import %} with context (no loader here: nothing to import)
+    ctx = env.context_class(env, context, tmpl.name, tmpl.blocks)
     try:
-        return tmpl.environment.concat(tmpl.root_render_func(ctx))  # type: ignore[attr-defined]
+        return env.concat(tmpl.root_render_func(ctx))  # type: ignore[attr-defined]
     except SkipRow:
         raise
     except Exception:
-        tmpl.environment.handle_exception()
+        env.handle_exception()
         raise  # handle_exception always raises; this line is for readers and type checkers
 
 
