@@ -186,3 +186,12 @@ def test_time_budget_per_render_in_forked_workers_not_between_renders():
         assert ct.render(ROW).input == "It rained all day."  # nothing left pending
     finally:
         set_limits(seconds=old)
+
+
+@pytest.mark.parametrize(
+    "source", ['{% import "x" as y %}{{ premise }}', '{% include "x" %}', '{% extends "x" %}']
+)
+def test_other_templates_cannot_be_loaded(source):
+    """No loader: a template cannot pull in another (the render context relies on it)."""
+    with pytest.raises(TemplateError, match="no loader"):
+        compile_template("t", _t(input=source)).render(ROW)
