@@ -11,9 +11,12 @@ prints a Markdown table:
 (d) a FLAN-2021-scale mixture: 60 tasks, 30k cap, about 1.5M source rows, 1 and 2 workers, and
     the same compile from the command line on local processes and on Ray (a local Ray started by
     the compile, 2 actors): time, rows/s, peak RSS of the process tree, same shards or not;
-(e) peak RSS of a compile (the process and its workers) at 1M and 5M source rows.
+(e) peak RSS of a compile (the process and its workers) at 1M and 5M source rows;
+(f) long rows (premises of 520 words, inputs of ~3.7 kB) zero-shot, and few-shot (k=4, inputs of
+    ~15 kB), 50k rows in one shard: the raw loop on the same rows, and the compile on 1 and 2
+    workers with the peak RSS of the process tree (where assembling, not rendering, used to lead).
 
-Usage: python benchmarks/bench_compile.py [--quick] [--keep DIR] [--skip d,ray,e]
+Usage: python benchmarks/bench_compile.py [--quick] [--keep DIR] [--skip c,d,ray,e,f]
 """
 
 from __future__ import annotations
@@ -88,9 +91,9 @@ def sentence(i: int, n: int) -> str:
     )
 
 
-def make_rows(n: int, offset: int = 0) -> dict[str, list]:
+def make_rows(n: int, offset: int = 0, words: int = 18) -> dict[str, list]:
     return {
-        "premise": [sentence(offset + i, 18) for i in range(n)],
+        "premise": [sentence(offset + i, words) for i in range(n)],
         "hypothesis": [sentence(offset + i * 3 + 1, 8) for i in range(n)],
         "label": [(offset + i) % 3 for i in range(n)],
     }
@@ -150,13 +153,13 @@ def task_file(task_id: str, cluster: str) -> dict:
     }  # fmt: skip
 
 
-def make_library(root: Path, n_tasks: int, rows_per_task: int) -> dict[str, str]:
+def make_library(root: Path, n_tasks: int, rows_per_task: int, words: int = 18) -> dict[str, str]:
     """Task files, clusters.yaml and Parquet sources; returns task -> source folder."""
     if root.exists():
         shutil.rmtree(root)
     clusters: dict[str, list[str]] = {}
     sources = {}
-    base = pa.table(make_rows(rows_per_task))
+    base = pa.table(make_rows(rows_per_task, words=words))
     for i in range(n_tasks):
         cluster = f"c{i % 12:02d}"
         tid = f"t{i:03d}"
@@ -437,6 +440,24 @@ def main() -> None:
             )
             shutil.rmtree(lib_e, ignore_errors=True)
             shutil.rmtree(work / f"mem{total}", ignore_errors=True)
+
+    # (f): long rows, zero-shot and few-shot, one shard
+    if "f" not in skip:
+        per_task = 1_000 if q else 12_500
+        lib_f = work / "lib_f"
+        sources_f = make_library(lib_f, 4, per_task, words=520)
+        first = Path(sources_f["t000"]) / "train.parquet"
+        raw = raw_loop(first, work / "raw_f.parquet", per_task)
+        table.append(("(f) raw loop, long rows (~3.7 kB), 1 core", f"{raw:,.0f} rows/s", "1.00x"))
+        for name, few in (("long zero-shot", 0.0), ("few-shot k=4 (~15 kB)", 1.0)):
+            formats = {"few_shot": few, "k": 4, "max_length": 20_000, "options": 0.9}
+            spec_f = write_spec(lib_f, sources_f, cap=per_task, formats=formats)
+            for w in (1, 2):
+                took, peak, out_rows, _ = peak_rss(spec_f, work / "long", w)
+                table.append((f"(f) {name}, {out_rows:,} rows, {w} worker(s)",
+                              f"{out_rows / took:,.0f} rows/s, peak RSS {peak:,.0f} MiB",
+                              f"{out_rows / took / w / raw:.2f}x raw per core"))  # fmt: skip
+        shutil.rmtree(lib_f, ignore_errors=True)
 
     print("| measurement | result | ratio / notes |")
     print("|---|---:|---:|")

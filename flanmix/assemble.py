@@ -37,7 +37,6 @@ def render_unit_job(renderer: UnitRenderer, args: tuple) -> tuple:
     nshards = renderer.ctx.shards[unit.split]
     n = len(cols["example_id"])
     if n:
-        table = pa.Table.from_pydict(cols, schema=SCHEMA)
         # 16 lowercase hex digits: the number orders as the string does
         key = np.array([int(e, 16) for e in cols["example_id"]], dtype=np.uint64)
         if nshards == 1:  # one shard: no split, only the order
@@ -46,10 +45,14 @@ def render_unit_job(renderer: UnitRenderer, args: tuple) -> tuple:
             shard_of = (key >> np.uint64(32)) % np.uint64(nshards)
             order = np.lexsort((key, shard_of))
             bounds = np.searchsorted(shard_of[order], np.arange(nshards + 1, dtype=np.uint64))
+        # ordered as lists (moving references, not text), so each piece is a slice of one table
+        table = pa.Table.from_pydict(
+            {k: [v[i] for i in order.tolist()] for k, v in cols.items()}, schema=SCHEMA
+        )
         for s in range(nshards):
             lo, hi = int(bounds[s]), int(bounds[s + 1])
             if hi > lo:
-                part = table.take(pa.array(order[lo:hi]))
+                part = table.slice(lo, hi - lo)
                 path = storage.join(pieces_dir, unit.split, f"{s:05d}", f"{unit.uid:07d}.arrow")
                 with storage.open_output(path) as sink, pa.ipc.new_file(sink, SCHEMA) as w:
                     w.write_table(part)
