@@ -32,7 +32,7 @@ from .render import (
     input_values,
     mix64,
 )
-from .sampling import FEW_SHOT_FORMATS, draw, options_block, pick, uniform
+from .sampling import FEW_SHOT_FORMATS, draw, options_block, pick_many, uniform
 from .sampling import index as draw_index
 from .schema import Task
 from .sources import SourceReader
@@ -313,6 +313,10 @@ class UnitRenderer:
                 by_template.setdefault(rec.tid, []).append(b)
         markers, headers = fmts.styles()
         flan_only = markers == ("flan",)
+        if not flan_only and base:  # the styles' draws for the whole unit at once (same picks)
+            rseeds = [rec.rseed for rec in base]
+            marker_of = pick_many(rseeds, "marker", markers)
+            header_of = pick_many(rseeds, "header", headers)
         shots = FEW_SHOT_FORMATS[fmts.few_shot_format]
         rows: list[Row] = []
         cluster = tp.cluster
@@ -326,9 +330,9 @@ class UnitRenderer:
             if choices is not None:
                 show = listed or uniform(rseed, "options") < fmts.options
                 if show and not listed and not flan_only:
-                    marker = pick(rseed, "marker", markers)
+                    marker = marker_of[b]
                     if marker != "flan":
-                        style = (pick(rseed, "header", headers), marker)
+                        style = (header_of[b], marker)
             few = tmpl.few_shot and fmts.few_shot > 0 and uniform(rseed, "few_shot") < fmts.few_shot
             options = answer = None
             shown_target = rec.target

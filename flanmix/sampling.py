@@ -19,6 +19,8 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from .render import hash64
 
 #: Written to the manifest. 1: bit fields of one hash per row (flanmix <= 0.1 before issue 11).
@@ -80,6 +82,25 @@ def pick(base: int, name: str, names: Sequence[str]) -> str:
     if best is None:
         raise ValueError("pick() of no names")
     return best
+
+
+def pick_many(bases: Sequence[int], name: str, names: Sequence[str]) -> list[str]:
+    """:func:`pick` for many bases at once, the same answers: the draws in numpy's uint64
+    arithmetic (which wraps modulo 2**64 like the masks of :func:`draw`), ties to the larger name."""
+    if not names:
+        raise ValueError("pick() of no names")
+    order = sorted(set(names))  # ascending: among equal draws the last (largest) name wins
+    z0 = np.fromiter(bases, dtype=np.uint64, count=len(bases))
+    scores = np.empty((len(order), len(z0)), dtype=np.uint64)
+    s30, s27, s31 = np.uint64(30), np.uint64(27), np.uint64(31)
+    m1, m2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+    for i, n in enumerate(order):
+        z = z0 + np.uint64(_offset(f"{name}:{n}"))
+        z = (z ^ (z >> s30)) * m1
+        z = (z ^ (z >> s27)) * m2
+        scores[i] = z ^ (z >> s31)
+    last = len(order) - 1 - np.argmax(scores[::-1], axis=0)  # the largest name among the maxima
+    return [order[i] for i in last.tolist()]
 
 
 # ----------------------------------------------------------------------------- options styles

@@ -229,3 +229,22 @@ def test_duplicate_template_ids_fail_lint_catalog_and_compile(tmp_path):
 
 def test_compile_error_class_is_located():
     assert issubclass(TaskFileError, FlanmixError) and issubclass(CompileError, FlanmixError)
+
+
+def test_pick_many_is_pick_for_every_base():
+    """The vectorised style draws of a unit give exactly :func:`pick`'s answers (ties included)."""
+    import random
+
+    from flanmix.sampling import VARIED_HEADERS, VARIED_MARKERS, pick, pick_many
+
+    rng = random.Random(7)
+    bases = [rng.getrandbits(64) for _ in range(5000)] + [0, 1 << 63, (1 << 64) - 1]
+    for name, names in (
+        ("marker", VARIED_MARKERS),
+        ("header", VARIED_HEADERS),
+        ("x", ("a",)),
+        ("y", ("b", "a", "b")),
+    ):
+        assert pick_many(bases, name, names) == [pick(b, name, names) for b in bases]
+    with pytest.raises(ValueError):
+        pick_many([1], "x", ())
