@@ -32,7 +32,7 @@ from .render import (
     input_values,
     mix64,
 )
-from .sampling import FEW_SHOT_FORMATS, draw, options_block, pick_many, uniform
+from .sampling import FEW_SHOT_FORMATS, draw, options_block, pick_many, uniform, uniform_many
 from .sampling import index as draw_index
 from .schema import Task
 from .sources import SourceReader
@@ -313,8 +313,11 @@ class UnitRenderer:
                 by_template.setdefault(rec.tid, []).append(b)
         markers, headers = fmts.styles()
         flan_only = markers == ("flan",)
-        if not flan_only and base:  # the styles' draws for the whole unit at once (same picks)
-            rseeds = [rec.rseed for rec in base]
+        # the unit's format draws made at once (the same numbers and picks as one row at a time)
+        rseeds = [rec.rseed for rec in base]
+        options_u = uniform_many(rseeds, "options")
+        few_u = uniform_many(rseeds, "few_shot") if fmts.few_shot > 0 else None
+        if not flan_only and base:
             marker_of = pick_many(rseeds, "marker", markers)
             header_of = pick_many(rseeds, "header", headers)
         shots = FEW_SHOT_FORMATS[fmts.few_shot_format]
@@ -328,12 +331,12 @@ class UnitRenderer:
             show = False
             style = None
             if choices is not None:
-                show = listed or uniform(rseed, "options") < fmts.options
+                show = listed or options_u[b] < fmts.options
                 if show and not listed and not flan_only:
                     marker = marker_of[b]
                     if marker != "flan":
                         style = (header_of[b], marker)
-            few = tmpl.few_shot and fmts.few_shot > 0 and uniform(rseed, "few_shot") < fmts.few_shot
+            few = tmpl.few_shot and fmts.few_shot > 0 and few_u[b] < fmts.few_shot
             options = answer = None
             shown_target = rec.target
             if show:

@@ -84,6 +84,21 @@ def pick(base: int, name: str, names: Sequence[str]) -> str:
     return best
 
 
+def _draws(z0: np.ndarray, offset: int) -> np.ndarray:
+    """:func:`draw` of every base in ``z0`` (uint64) for the decision whose offset is given."""
+    z = z0 + np.uint64(offset)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def uniform_many(bases: Sequence[int], name: str) -> list[float]:
+    """:func:`uniform` for many bases at once, the same numbers (53-bit integers are exact in
+    float64, and so is the division by 2**53)."""
+    z0 = np.fromiter(bases, dtype=np.uint64, count=len(bases))
+    return ((_draws(z0, _offset(name)) >> np.uint64(11)).astype(np.float64) / _2_53).tolist()
+
+
 def pick_many(bases: Sequence[int], name: str, names: Sequence[str]) -> list[str]:
     """:func:`pick` for many bases at once, the same answers: the draws in numpy's uint64
     arithmetic (which wraps modulo 2**64 like the masks of :func:`draw`), ties to the larger name."""
@@ -92,13 +107,8 @@ def pick_many(bases: Sequence[int], name: str, names: Sequence[str]) -> list[str
     order = sorted(set(names))  # ascending: among equal draws the last (largest) name wins
     z0 = np.fromiter(bases, dtype=np.uint64, count=len(bases))
     scores = np.empty((len(order), len(z0)), dtype=np.uint64)
-    s30, s27, s31 = np.uint64(30), np.uint64(27), np.uint64(31)
-    m1, m2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
     for i, n in enumerate(order):
-        z = z0 + np.uint64(_offset(f"{name}:{n}"))
-        z = (z ^ (z >> s30)) * m1
-        z = (z ^ (z >> s27)) * m2
-        scores[i] = z ^ (z >> s31)
+        scores[i] = _draws(z0, _offset(f"{name}:{n}"))
     last = len(order) - 1 - np.argmax(scores[::-1], axis=0)  # the largest name among the maxima
     return [order[i] for i in last.tolist()]
 

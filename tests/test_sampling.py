@@ -232,10 +232,17 @@ def test_compile_error_class_is_located():
 
 
 def test_pick_many_is_pick_for_every_base():
-    """The vectorised style draws of a unit give exactly :func:`pick`'s answers (ties included)."""
+    """The vectorised draws of a unit give exactly :func:`pick`'s and :func:`uniform`'s answers."""
     import random
 
-    from flanmix.sampling import VARIED_HEADERS, VARIED_MARKERS, pick, pick_many
+    from flanmix.sampling import (
+        VARIED_HEADERS,
+        VARIED_MARKERS,
+        pick,
+        pick_many,
+        uniform,
+        uniform_many,
+    )
 
     rng = random.Random(7)
     bases = [rng.getrandbits(64) for _ in range(5000)] + [0, 1 << 63, (1 << 64) - 1]
@@ -248,3 +255,6 @@ def test_pick_many_is_pick_for_every_base():
         assert pick_many(bases, name, names) == [pick(b, name, names) for b in bases]
     with pytest.raises(ValueError):
         pick_many([1], "x", ())
+    for name in ("options", "few_shot"):
+        assert uniform_many(bases, name) == [uniform(b, name) for b in bases]
+    assert uniform_many([], "options") == []
