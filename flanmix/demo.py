@@ -109,7 +109,8 @@ def run_demo(
     log("")
     log("done in " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     log(f"mixture:  {out / 'mixture'}")
-    log(f"model:    {summary['model_dir']}  (metrics: {summary['metrics']})")
+    model_dir, metrics = out / "train" / "model", out / "train" / Path(summary["metrics"]).name
+    log(f"model:    {model_dir}  (metrics: {metrics})")
     log(f"results:  {results['paths']['json']}")
     log(f"table:    {results['paths']['markdown']}")
     for chart in results["paths"]["charts"]:
