@@ -33,22 +33,17 @@ def render_unit_job(renderer: UnitRenderer, args: tuple) -> tuple:
     """Render one unit and write its per-shard pieces, each sorted by ``example_id`` (a sorted run
     for the shard writer to merge); returns (uid, stats, rows)."""
     unit, pieces_dir = args
-    cols, stats = renderer.render(unit)
+    table, stats = renderer.render(unit)  # in example_id order
     nshards = renderer.ctx.shards[unit.split]
-    n = len(cols["example_id"])
+    n = table.num_rows
     if n:
-        # 16 lowercase hex digits: the number orders as the string does
-        key = np.array([int(e, 16) for e in cols["example_id"]], dtype=np.uint64)
-        if nshards == 1:  # one shard: no split, only the order
-            order, bounds = np.argsort(key, kind="stable"), np.array([0, n])
-        else:  # the shard is picked by the first 8 hex digits
+        bounds = np.array([0, n])
+        if nshards > 1:  # the shard is picked by the first 8 hex digits
+            key = np.array([int(e, 16) for e in table.column("example_id").to_pylist()], np.uint64)
             shard_of = (key >> np.uint64(32)) % np.uint64(nshards)
-            order = np.lexsort((key, shard_of))
+            order = np.argsort(shard_of, kind="stable")
+            table = table.take(pa.array(order))
             bounds = np.searchsorted(shard_of[order], np.arange(nshards + 1, dtype=np.uint64))
-        # ordered as lists (moving references, not text), so each piece is a slice of one table
-        table = pa.Table.from_pydict(
-            {k: [v[i] for i in order.tolist()] for k, v in cols.items()}, schema=SCHEMA
-        )
         for s in range(nshards):
             lo, hi = int(bounds[s]), int(bounds[s + 1])
             if hi > lo:

@@ -16,7 +16,7 @@ import hashlib
 import random
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -25,6 +25,7 @@ import jinja2.meta
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from . import budget
 from .budget import BudgetSandbox, regex_sub, timed
 from .errors import Location, SandboxError, TemplateError
 from .schema import Task, Template
@@ -68,7 +69,9 @@ def hash64(*parts: object) -> int:
 
 
 @functools.lru_cache(maxsize=65536)
-def _seed_base(seed: int, task: str, template: str, split: str) -> int:
+def seed_base(seed: int, task: str, template: str, split: str) -> int:
+    """The keyed hash of (seed, task, template, split) that :func:`example_seed` mixes with a row
+    index (cached)."""
     return hash64(seed, task, template, split)
 
 
@@ -87,7 +90,7 @@ def example_seed(seed: int, task: str, template: str, split: str, index: int) ->
     A keyed hash of (seed, task, template, split), computed once per template and cached, mixed
     with the row index by :func:`mix64`: cheap per row.
     """
-    return mix64(_seed_base(seed, task, template, split), index)
+    return mix64(seed_base(seed, task, template, split), index)
 
 
 def _rng() -> random.Random:
@@ -224,6 +227,13 @@ class CompiledTemplate:
     def __post_init__(self) -> None:
         self.full_id = f"{self.task}.{self.template.id}"
         self._static_list = list(self._static_choices) if self._static_choices is not None else None
+        # plain templates (text and {{ name }} only) render without Jinja: see plain_renderer
+        self._plain = None
+        if self._choice_templates is None and self._choice_expr is None:
+            plain_in = plain_renderer(self.template.input)
+            plain_out = plain_renderer(self.template.target) if plain_in else None
+            if plain_out is not None:
+                self._plain = (plain_in, plain_out)
         if self._static_choices is not None and (
             len(self._static_choices) < 2 or not all(self._static_choices)
         ):
@@ -263,6 +273,18 @@ class CompiledTemplate:
     @timed
     def render(self, row: Mapping[str, Any], seed: int = 0) -> Rendered | Skip:
         """Render one row. Raises :class:`TemplateError` on a template bug; returns Skip for bad rows."""
+        plain = self._plain
+        if plain is not None:  # the same text as Jinja's, or None: Jinja decides
+            ac = _MISSING if self._static_list is None else self._static_list
+            text_in = plain[0](row, ac)
+            text_out = None if text_in is None else plain[1](row, ac)
+            if text_out is not None:
+                text_in, text_out = text_in.strip(), text_out.strip()
+                if not text_in:
+                    return Skip("empty input")
+                if not text_out:
+                    return Skip("empty target")
+                return Rendered(text_in, text_out, self._static_choices)
         token = _EXAMPLE_SEED.set(seed)
         part = ANSWER_CHOICES
         # one copy of globals + row serves every part (Jinja would copy it once per part)
@@ -344,6 +366,112 @@ def _from_string(source: str) -> jinja2.Template:
     """A template text compiled once per process: tasks that share texts share the compiled
     template (an NIv2 import gives 1,600 tasks the same ten; compiling is ~4 ms each)."""
     return _snapshot_globals(ENV.from_string(source))
+
+
+# ----------------------------------------------------------------------------- plain templates
+
+#: Values a plain template prints as Jinja does (``str(value)``: the sandbox's ``finalize`` passes
+#: them untouched); anything else goes to Jinja.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+_MISSING = object()
+
+
+@functools.lru_cache(maxsize=8192)
+def plain_renderer(source: str) -> Callable[[Mapping[str, Any], Any], str | None] | None:
+    """A Python function that renders ``source`` exactly as the sandbox does, when the template is
+    only text and ``{{ name }}`` / ``{{ name[name] }}`` / ``{{ name[3] }}`` outputs (most
+    templates' targets and many inputs); None for any other template.
+
+    ``fn(row, answer_choices)`` returns the text, or None when this row needs Jinja after all (a
+    missing name, a value that is not a plain str/int/float/bool/None, an index that is out of
+    range or not an int, a text past the render budget): Jinja then renders it, raising what it
+    raises. It reads names as the render context does: ``answer_choices`` first, then the row; a
+    name of the environment's globals always goes to Jinja. The function is generated from the
+    parsed template (its texts as ``repr`` literals, its names Jinja identifiers), never from the
+    template text itself.
+    """
+    from jinja2 import nodes
+
+    try:
+        body = ENV.parse(source).body
+    except jinja2.TemplateSyntaxError:
+        return None
+    if len(body) > 1 or (body and not isinstance(body[0], nodes.Output)):
+        return None
+    names: dict[str, str] = {}  # Jinja name -> local variable
+
+    def var(name: str) -> str | None:
+        if name in GLOBALS_SNAPSHOT and name != ANSWER_CHOICES:
+            return None
+        return names.setdefault(name, f"v{len(names)}")
+
+    def const_int(node: nodes.Node) -> int | None:
+        if isinstance(node, nodes.Neg):  # [-1]
+            value = const_int(node.node)
+            return None if value is None else -value
+        if isinstance(node, nodes.Const) and type(node.value) is int:
+            return node.value
+        return None
+
+    lines: list[str] = []
+    terms: list[str] = []
+    for node in body[0].nodes if body else ():
+        if isinstance(node, nodes.TemplateData):
+            terms.append(repr(node.data))
+        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            v = var(node.name)
+            if v is None:
+                return None
+            t = f"t{len(terms)}"
+            lines += [
+                f" {t} = {v}",
+                f" if type({t}) is not str:",
+                f"  if type({t}) not in _PLAIN: return None",
+                f"  {t} = str({t})",
+            ]
+            terms.append(t)
+        elif (
+            isinstance(node, nodes.Getitem)
+            and node.ctx == "load"
+            and isinstance(node.node, nodes.Name)
+            and (isinstance(node.arg, nodes.Name) or const_int(node.arg) is not None)
+        ):
+            obj = var(node.node.name)
+            if obj is None:
+                return None
+            if isinstance(node.arg, nodes.Name):
+                key = var(node.arg.name)
+                if key is None:
+                    return None
+            else:
+                key = repr(const_int(node.arg))
+            t = f"t{len(terms)}"
+            lines += [
+                f" if type({obj}) not in (list, tuple) or type({key}) is not int: return None",
+                f" if not -len({obj}) <= {key} < len({obj}): return None",
+                f" {t} = {obj}[{key}]",
+                f" if type({t}) is not str:",
+                f"  if type({t}) not in _PLAIN: return None",
+                f"  {t} = str({t})",
+            ]
+            terms.append(t)
+        else:
+            return None
+    head = []
+    for name, v in names.items():
+        if name == ANSWER_CHOICES:
+            head.append(f" {v} = ac if ac is not _MISSING else row.get({name!r}, _MISSING)")
+        else:
+            head.append(f" {v} = row.get({name!r}, _MISSING)")
+        head.append(f" if {v} is _MISSING: return None")
+    text = " + ".join(terms) if terms else "''"
+    code = "\n".join(
+        ["def plain(row, ac):", *head, *lines, f" text = {text}",
+         " return text if len(text) <= LIMITS.chars else None"]
+    )  # fmt: skip
+    scope: dict[str, Any] = {"_PLAIN": _PLAIN, "_MISSING": _MISSING, "LIMITS": budget.LIMITS}
+    exec(compile(code, f"<plain template {source[:40]!r}>", "exec"), scope)  # noqa: S102
+    return scope["plain"]
 
 
 def compile_template(

@@ -12,11 +12,12 @@ from __future__ import annotations
 import functools
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
 from .errors import CompileError, Location, TemplateError
 from .mixture import SCHEMA
@@ -31,8 +32,18 @@ from .render import (
     hash64,
     input_values,
     mix64,
+    seed_base,
 )
-from .sampling import FEW_SHOT_FORMATS, draw, options_block, pick_many, uniform, uniform_many
+from .sampling import (
+    FEW_SHOT_FORMATS,
+    draw,
+    draw_many,
+    mix64_many,
+    options_block,
+    pick_many,
+    uniform,
+    uniform_many,
+)
 from .sampling import index as draw_index
 from .schema import Task
 from .sources import SourceReader
@@ -122,8 +133,9 @@ class UnitRenderer:
             hit = self._blocks[key] = options_block(choices, style)
         return hit
 
-    def render(self, unit: Unit) -> tuple[dict[str, list], dict[str, Counter]]:
-        """Columns of the unit's rows (unsorted) and its stats: kept, dropped and redrawn
+    def render(self, unit: Unit) -> tuple[pa.Table, dict[str, Counter]]:
+        """The unit's rows as one table (:data:`~flanmix.mixture.SCHEMA`) in ``example_id``
+        order, a sorted run for the shard writer, and its stats: kept, dropped and redrawn
         examples, and few-shot examples written zero-shot because no exemplar fit."""
         ctx = self.ctx
         spec = ctx.spec
@@ -166,8 +178,8 @@ class UnitRenderer:
         for raw in raw_rows:
             prepared.append(prepare(raw))
         if unit.split == "eval":
-            cols = self._render_eval(
-                unit, tp, task, compiled, prepared, inverse, src, kept, dropped
+            cols = _sorted_table(
+                self._render_eval(unit, tp, task, compiled, prepared, inverse, src, kept, dropped)
             )
         else:
             cols = self._render_train(
@@ -255,7 +267,7 @@ class UnitRenderer:
 
     def _render_train(
         self, unit, tp, task, compiled, prepared, uniq, inverse, src, repeats, kept, stats
-    ):
+    ) -> pa.Table:
         """Train rows: per draw a template (named draws), its zero-shot base, then formats.
 
         A draw whose row or template is skipped (a filter, a label-gated template) is redrawn with
@@ -263,50 +275,108 @@ class UnitRenderer:
         templates keep their share and the task its planned count; what is still missing is
         counted as dropped (the manifest's per-task shortfall).
         """
+        base = self._train_bases(unit, tp, compiled, prepared, uniq, inverse, src, repeats, stats)
+        cols = self._train_formats(unit, tp, compiled, base, stats)
+        return self._train_table(unit, tp, compiled, cols, kept)
+
+    def _choose(self, tp, compiled, h: np.ndarray, turn: np.ndarray):
+        """The (draw, template position) pairs of a unit's draws, in draw order: what
+        :func:`choose_templates` gives each draw, made for all draws at once in modes random and
+        round_robin (the same numbers)."""
         spec = self.ctx.spec
-        seed = spec.seed
-        split = tp.handle.split
-        fmts = spec.formats
-        inv_setting = spec.templates.inverted
-        mode = spec.templates.mode
-        normal = [t for t in tp.templates if not compiled[t].template.inverted]
-        inverted = [t for t in tp.templates if compiled[t].template.inverted]
+        templates = tp.templates
+        mode, inv_setting = spec.templates.mode, spec.templates.inverted
+        normal = [i for i, t in enumerate(templates) if not compiled[t].template.inverted]
+        inverted = [i for i, t in enumerate(templates) if compiled[t].template.inverted]
+        if mode == "all":
+            names = [templates[i] for i in normal], [templates[i] for i in inverted]
+            where = {t: i for i, t in enumerate(templates)}
+            pairs_j, pairs_t = [], []
+            for j, hj in enumerate(h.tolist()):
+                for tid in choose_templates(hj, templates, *names, inv_setting, mode, 0):
+                    pairs_j.append(j)
+                    pairs_t.append(where[tid])
+            return np.array(pairs_j, dtype=np.int64), np.array(pairs_t, dtype=np.int64)
+        pick = draw_many(h, "template") if mode == "random" else turn.astype(np.uint64)
+
+        def of(group: list[int]) -> np.ndarray:
+            return np.array(group, dtype=np.int64)[(pick % np.uint64(len(group))).astype(np.int64)]
+
+        if not isinstance(inv_setting, bool) and normal and inverted:
+            use_inv = (draw_many(h, "inverted") >> np.uint64(11)).astype(np.float64) / float(
+                1 << 53
+            ) < inv_setting
+            chosen = np.where(use_inv, of(inverted), of(normal))
+        else:
+            chosen = of(list(range(len(templates))))
+        return np.arange(len(h), dtype=np.int64), chosen
+
+    def _train_bases(
+        self, unit, tp, compiled, prepared, uniq, inverse, src, repeats, stats
+    ) -> list[_Base]:
+        """Pass 1: the zero-shot base of every (draw, template), skipped draws redrawn."""
+        spec = self.ctx.spec
+        seed, split, task = spec.seed, tp.handle.split, unit.task
+        bare = spec.formats.instructions != "templates"
         dropped, redrawn = stats["dropped"], stats["redrawn"]
-        bare = fmts.instructions != "templates"
-        # pass 1: the zero-shot base of every (draw, template)
-        base: list[_Base] = []
-        src_list, rep_list, inv_list = src.tolist(), repeats.tolist(), inverse.tolist()
-        for j, pos in enumerate(inv_list):
-            index = src_list[j]
-            rep = rep_list[j]
-            h = example_seed(seed, unit.task, "#draw", split, index * 1_000_003 + rep)
-            tids = choose_templates(
-                h, tp.templates, normal, inverted, inv_setting, mode, index + rep
-            )
-            for tid in tids:
-                ct = compiled[tid]
-                rseed = example_seed(
-                    seed, unit.task, tid if not rep else f"{tid}#{rep}", split, index
+        templates = tp.templates
+        src = src.astype(np.int64)
+        repeats = repeats.astype(np.int64)
+        h = mix64_many(seed_base(seed, task, "#draw", split), src * 1_000_003 + repeats)
+        pairs_j, pairs_t = self._choose(tp, compiled, h, src + repeats)
+        # the example seed of every pair: keyed by template (and repeat), mixed with the row
+        reps = repeats[pairs_j]
+        combo, which = np.unique(
+            pairs_t * (int(reps.max(initial=0)) + 1) + reps, return_inverse=True
+        )
+        width = int(reps.max(initial=0)) + 1
+        keys = np.array(
+            [
+                seed_base(
+                    seed,
+                    task,
+                    templates[c // width] + (f"#{c % width}" if c % width else ""),
+                    split,
                 )
-                rec = self._base(unit.task, ct, prepared[pos], index, rep, rseed, split, bare)
+                for c in combo.tolist()
+            ],
+            dtype=np.uint64,
+        )
+        rseeds = mix64_many(keys[which.reshape(-1)], src[pairs_j]).tolist() if len(pairs_j) else []
+        h_list, src_list, rep_list, inv_list = (
+            h.tolist(),
+            src.tolist(),
+            repeats.tolist(),
+            inverse.tolist(),
+        )
+        base: list[_Base] = []
+        for j, t, rseed in zip(pairs_j.tolist(), pairs_t.tolist(), rseeds, strict=True):
+            tid = templates[t]
+            ct = compiled[tid]
+            index, rep = src_list[j], rep_list[j]
+            rec = self._base(task, ct, prepared[inv_list[j]], index, rep, rseed, split, bare)
+            if isinstance(rec, str):
                 first, attempt = rec, 0
                 while isinstance(rec, str) and attempt < REDRAWS:
                     attempt += 1
-                    k = draw_index(h, f"redraw:{tid}:{attempt}", len(prepared))
+                    k = draw_index(h_list[j], f"redraw:{tid}:{attempt}", len(prepared))
                     at = unit.start + j  # the draw position: unique within the task
-                    rseed = example_seed(seed, unit.task, f"{tid}#redraw{attempt}", split, at)
-                    rec = self._base(
-                        unit.task, ct, prepared[k], int(uniq[k]), rep, rseed, split, bare
-                    )
+                    rseed = example_seed(seed, task, f"{tid}#redraw{attempt}", split, at)
+                    rec = self._base(task, ct, prepared[k], int(uniq[k]), rep, rseed, split, bare)
                     if not isinstance(rec, str):
                         rec.redraw = (at, attempt)
                 if isinstance(rec, str):
-                    dropped[(unit.task, tid, first)] += 1
+                    dropped[(task, tid, first)] += 1
                     continue
-                if isinstance(first, str):
-                    redrawn[(unit.task, tid, first)] += 1
-                base.append(rec)
-        # pass 2: formats (options, few-shot) and columns
+                redrawn[(task, tid, first)] += 1
+            rec.t = t
+            base.append(rec)
+        return base
+
+    def _train_formats(self, unit, tp, compiled, base: list[_Base], stats) -> _TrainColumns:
+        """Pass 2: formats (options, few-shot) of every base, as columns."""
+        fmts = self.ctx.spec.formats
+        bare = fmts.instructions != "templates"
         by_template: dict[str, list[int]] = {}
         if fmts.few_shot > 0:
             for b, rec in enumerate(base):
@@ -321,11 +391,18 @@ class UnitRenderer:
             marker_of = pick_many(rseeds, "marker", markers)
             header_of = pick_many(rseeds, "header", headers)
         shots = FEW_SHOT_FORMATS[fmts.few_shot_format]
-        rows: list[Row] = []
-        cluster = tp.cluster
+        cols = _TrainColumns()
+        inputs, targets, fcode, ocode, answers = (
+            cols.inputs,
+            cols.targets,
+            cols.format,
+            cols.options,
+            cols.answer,
+        )
+        option_ids = cols.option_ids
+        fallback = stats["fewshot_fallback"]
         for b, rec in enumerate(base):
-            ct = compiled[rec.tid]
-            tmpl = ct.template
+            tmpl = compiled[rec.tid].template
             text_in, choices, rseed = rec.input, rec.choices, rec.rseed
             listed = tmpl.choices_in_input and not bare  # the template's input lists the choices
             show = False
@@ -337,7 +414,6 @@ class UnitRenderer:
                     if marker != "flan":
                         style = (header_of[b], marker)
             few = tmpl.few_shot and fmts.few_shot > 0 and few_u[b] < fmts.few_shot
-            options = answer = None
             shown_target = rec.target
             if show:
                 if listed:
@@ -347,7 +423,14 @@ class UnitRenderer:
                     text_in = text_in + block
                 answer = choices.index(rec.target)
                 shown_target = labels[answer]
-                options = list(labels)
+                code = option_ids.get(labels)
+                if code is None:
+                    code = option_ids[labels] = len(option_ids)
+                ocode.append(code)
+                answers.append(answer)
+            else:
+                ocode.append(-1)
+                answers.append(-1)
             if few:
                 group = by_template.get(rec.tid, ())
                 pool = self._exemplar_pool(base, group, b, rseed)
@@ -361,39 +444,92 @@ class UnitRenderer:
                     exemplars.append((ex_in, ex_target))
                 text_in, n_ex = self._fit_shots(shots, exemplars, text_in)
                 if n_ex == 0:  # no exemplar fits max_length: written zero-shot, and counted
-                    stats["fewshot_fallback"][unit.task] += 1
+                    fallback[unit.task] += 1
                 few = n_ex > 0
             if tmpl.cot:
-                fmt = "fs_cot" if few else "cot"
+                fcode.append(FORMAT_CODE["fs_cot" if few else "cot"])
             else:
-                fmt = ("fs_" if few else "zs_") + ("opt" if show else "noopt")
-            if rec.redraw is None:
-                eid = example_id(seed, "train", unit.task, rec.tid, fmt, split, rec.index, rec.rep)
-            else:  # a redrawn example: its own id space, keyed by draw position and attempt
-                at, attempt = rec.redraw
-                eid = example_id(
-                    seed, "train", unit.task, rec.tid, fmt + "/redraw", split, at, attempt
+                fcode.append(
+                    (2 if few else 0) + (0 if show else 1)
+                )  # zs_opt zs_noopt fs_opt fs_noopt
+            inputs.append(text_in)
+            targets.append(shown_target)
+        cols.base = base
+        return cols
+
+    def _train_table(self, unit, tp, compiled, cols: _TrainColumns, kept) -> pa.Table:
+        """The unit's train rows as one table in ``example_id`` order, and their kept counts."""
+        base = cols.base
+        n = len(base)
+        seed, split, task = self.ctx.spec.seed, tp.handle.split, unit.task
+        templates = tp.templates
+        t_arr = np.fromiter((rec.t for rec in base), dtype=np.int64, count=n)
+        f_arr = np.array(cols.format, dtype=np.int64)
+        # example ids: a keyed hash of (template, format[/redraw]) mixed with (index, repeat), or
+        # for a redrawn example with (draw position, attempt)
+        id_n = np.fromiter(
+            (
+                rec.index * 1_000_003 + rec.rep
+                if rec.redraw is None
+                else rec.redraw[0] * 1_000_003 + rec.redraw[1]
+                for rec in base
+            ),
+            dtype=np.int64,
+            count=n,
+        )
+        redrawn = np.fromiter((rec.redraw is not None for rec in base), dtype=np.int64, count=n)
+        nf = len(FORMATS)
+        combo, which = np.unique((t_arr * nf + f_arr) * 2 + redrawn, return_inverse=True)
+        id_keys = np.array(
+            [
+                _id_base(
+                    seed,
+                    "train",
+                    task,
+                    templates[c // (2 * nf)],
+                    FORMATS[c // 2 % nf] + ("/redraw" if c % 2 else ""),
+                    split,
                 )
-            rows.append(
-                Row(
-                    inputs=text_in,
-                    targets=shown_target,
-                    task=unit.task,
-                    cluster=cluster,
-                    template_id=ct.full_id,
-                    inverted=tmpl.inverted,
-                    format=fmt,
-                    options=options,
-                    answer_index=answer,
-                    metrics=None,
-                    references=None,
-                    source_split=split,
-                    source_index=rec.index,
-                    example_id=eid,
-                )
-            )
-            kept[(unit.task, ct.full_id, fmt)] += 1
-        return _columns(rows)
+                for c in combo.tolist()
+            ],
+            dtype=np.uint64,
+        )
+        keys = mix64_many(id_keys[which.reshape(-1)], id_n)
+        tf, counts = np.unique(t_arr * nf + f_arr, return_counts=True)
+        for c, k in zip(tf.tolist(), counts.tolist(), strict=True):
+            kept[(task, compiled[templates[c // nf]].full_id, FORMATS[c % nf])] += k
+        order = np.argsort(keys, kind="stable")
+        ol = order.tolist()
+        t_sorted = t_arr[order]
+        opt = np.array(cols.options, dtype=np.int64)[order]
+        ans = np.array(cols.answer, dtype=np.int64)[order]
+        options_list = sorted(cols.option_ids, key=cols.option_ids.get)
+        option_values = pa.array([list(o) for o in options_list], pa.list_(pa.string()))
+        columns = {
+            "inputs": pa.array([cols.inputs[i] for i in ol], pa.string()),
+            "targets": pa.array([cols.targets[i] for i in ol], pa.string()),
+            "task": pa.repeat(pa.scalar(task, pa.string()), n),
+            "cluster": pa.repeat(pa.scalar(tp.cluster, pa.string()), n),
+            "template_id": pa.array([compiled[t].full_id for t in templates], pa.string()).take(
+                pa.array(t_sorted)
+            ),
+            "inverted": pa.array(
+                np.array([compiled[t].template.inverted for t in templates], dtype=bool)[t_sorted]
+                if n
+                else np.zeros(0, dtype=bool)
+            ),
+            "format": pa.array(FORMATS, pa.string()).take(pa.array(f_arr[order])),
+            "options": option_values.take(pa.array(opt, mask=opt < 0)),
+            "answer_index": pa.array(ans, pa.int32(), mask=ans < 0),
+            "metrics": pa.nulls(n, pa.list_(pa.string())),
+            "references": pa.nulls(n, pa.list_(pa.string())),
+            "source_split": pa.repeat(pa.scalar(split, pa.string()), n),
+            "source_index": pa.array(
+                np.fromiter((rec.index for rec in base), dtype=np.int64, count=n)[order]
+            ),
+            "example_id": hex_ids(keys[order]),
+        }
+        return pa.Table.from_pydict(columns, schema=SCHEMA)
 
     def _base(self, task, ct, row, index, rep, rseed, split, bare) -> _Base | str:
         """The zero-shot base of one example, or the reason it is skipped."""
@@ -569,6 +705,39 @@ class _Base:
     rep: int
     rseed: int
     redraw: tuple[int, int] | None = None  # (draw position, attempt) of a redrawn skip
+    t: int = -1  # the template's position in the task plan's templates
+
+
+#: The ``format`` column's values; pass 2 writes their positions.
+FORMATS = ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt", "cot", "fs_cot")
+FORMAT_CODE = {f: i for i, f in enumerate(FORMATS)}
+
+
+@dataclass(slots=True)
+class _TrainColumns:
+    """Pass 2's output: the varying columns of a unit's train rows, in base order."""
+
+    inputs: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    format: list[int] = field(default_factory=list)  # positions in FORMATS
+    options: list[int] = field(default_factory=list)  # option_ids value, -1: no options shown
+    answer: list[int] = field(default_factory=list)  # -1: no options shown
+    option_ids: dict[tuple[str, ...], int] = field(default_factory=dict)
+    base: list[_Base] = field(default_factory=list)
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def hex_ids(keys: np.ndarray) -> pa.StringArray:
+    """uint64 ids as 16 lowercase hex digits each (``format(k, "016x")``), built in numpy."""
+    n = len(keys)
+    digits = keys.astype(">u8").view(np.uint8).reshape(n, 8)
+    text = np.empty((n, 16), dtype=np.uint8)
+    text[:, 0::2] = _HEX[digits >> 4]
+    text[:, 1::2] = _HEX[digits & 15]
+    offsets = np.arange(0, 16 * (n + 1), 16, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text.tobytes()))
 
 
 def load_tokenizer(path: str):
@@ -630,6 +799,13 @@ class Row(NamedTuple):
 COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
 if Row._fields != COLUMNS:  # pragma: no cover - a programming error, caught at import
     raise ImportError(f"flanmix.rows.Row fields {Row._fields} differ from SCHEMA {COLUMNS}")
+
+
+def _sorted_table(cols: dict[str, list]) -> pa.Table:
+    """Columns as one table in ``example_id`` order (ties keep their order)."""
+    keys = np.array([int(e, 16) for e in cols["example_id"]], dtype=np.uint64)
+    order = np.argsort(keys, kind="stable").tolist()
+    return pa.Table.from_pydict({k: [v[i] for i in order] for k, v in cols.items()}, schema=SCHEMA)
 
 
 def _columns(rows: list[Row]) -> dict[str, list]:

@@ -86,10 +86,25 @@ def pick(base: int, name: str, names: Sequence[str]) -> str:
 
 def _draws(z0: np.ndarray, offset: int) -> np.ndarray:
     """:func:`draw` of every base in ``z0`` (uint64) for the decision whose offset is given."""
-    z = z0 + np.uint64(offset)
+    z = z0 + np.uint64(offset) if offset else z0
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+def mix64_many(base: int | np.ndarray, n: np.ndarray) -> np.ndarray:
+    """:func:`flanmix.render.mix64` of ``base`` (one int, or a uint64 per ``n``) with every ``n``
+    (non-negative ints) at once, as uint64: numpy's uint64 arithmetic wraps modulo 2**64 like
+    mix64's masks, so the values are the same."""
+    z0 = np.asarray(base, dtype=np.uint64) + (
+        np.asarray(n).astype(np.uint64) + np.uint64(1)
+    ) * np.uint64(_GOLDEN)
+    return _draws(z0, 0)
+
+
+def draw_many(bases: np.ndarray, name: str) -> np.ndarray:
+    """:func:`draw` of every uint64 in ``bases`` for the decision ``name``."""
+    return _draws(bases, _offset(name))
 
 
 def uniform_many(bases: Sequence[int], name: str) -> list[float]:
