@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from .errors import Location, PreflightError, SourceError, did_you_mean
@@ -433,7 +433,6 @@ class _Probe:
     # -- features
 
     def features_from_file(self, path: str, what: str) -> None:
-        import datasets
         import pyarrow.parquet as pq
 
         try:
@@ -444,7 +443,12 @@ class _Probe:
                     schema = pq.read_schema(f)
             else:
                 schema = pq.read_schema(path)
-            features = datasets.Features.from_arrow_schema(schema)
+            if b"huggingface" in (schema.metadata or {}):  # datasets' features (class labels)
+                import datasets
+
+                features = datasets.Features.from_arrow_schema(schema)
+            else:  # plain Arrow types: no need to import datasets (a second per compile)
+                features = {f.name: _ArrowKind(_arrow_kind(f.type)) for f in schema}
         except Exception as exc:  # noqa: BLE001
             if _network_error(exc):
                 return self.offline(_short(exc))
@@ -504,8 +508,43 @@ def _configs_in(text: str) -> list[str]:
 # ----------------------------------------------------------------------------- features vs fields
 
 
+class _ArrowKind(NamedTuple):
+    """The kind of a plain Arrow column (a Parquet file without ``datasets`` features)."""
+
+    kind: Any
+
+
+def _arrow_kind(t) -> Any:
+    """An Arrow type as :func:`_kind` gives the ``datasets`` feature made from it."""
+    import pyarrow as pa
+    import pyarrow.types as pt
+
+    if pt.is_string(t) or pt.is_large_string(t) or pt.is_string_view(t):
+        return "string"
+    if pt.is_integer(t):
+        return "int"
+    if pt.is_floating(t):
+        return "float"
+    if pt.is_boolean(t):
+        return "bool"
+    if pt.is_null(t):
+        return "null"
+    if pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t) or pt.is_list_view(t):
+        return ("list", _arrow_kind(t.value_type))
+    if pt.is_struct(t):
+        return (
+            "struct",
+            {t.field(i).name: _arrow_kind(t.field(i).type) for i in range(t.num_fields)},
+        )
+    if pt.is_date32(t) or pt.is_date64(t):
+        return ("other", "date32" if pt.is_date32(t) else "date64")
+    return ("other", str(t) if not isinstance(t, pa.DictionaryType) else "dictionary")
+
+
 def _kind(feature) -> Any:
     """A ``datasets`` feature as a small comparable tree: "string", ("class_label", names) ..."""
+    if isinstance(feature, _ArrowKind):
+        return feature.kind
     import datasets
 
     if isinstance(feature, dict):
