@@ -17,9 +17,12 @@ the workers are stopped, and the caller's ``finally`` blocks remove what it stag
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import os
+import pickle
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol, TypeVar
@@ -117,14 +120,29 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _local_init(setup: Callable, context: Any) -> None:
-    global _STATE
+_STATE_FROM: str | None = None  # the context file the state was built from
+
+
+def _local_warm(modules: tuple[str, ...]) -> None:
+    """A pool worker's start: imports what the jobs will need, while the caller plans."""
     _die_with_parent()
-    _STATE = setup(context)
+    for name in modules:
+        with contextlib.suppress(ImportError):  # the job reports it, located
+            importlib.import_module(name)
 
 
 def _local_job(item: tuple) -> tuple:
-    fn, job = item
+    """Run one job; the first job of a run builds this worker's state from the run's context
+    file (pickled once by the caller, read once per worker)."""
+    global _STATE, _STATE_FROM
+    fn, job, setup, context_file = item
+    if context_file != _STATE_FROM:
+        try:
+            with open(context_file, "rb") as fh:
+                context = pickle.load(fh)  # noqa: S301 - written by this run's caller, mode 0600
+            _STATE, _STATE_FROM = setup(context), context_file
+        except BaseException as exc:  # noqa: BLE001 - reported as the job's error
+            return _error_payload(exc)
     return _call(fn, _STATE, job)
 
 
@@ -139,31 +157,56 @@ class _InProcess:
 
 
 class _Pool:
-    def __init__(self, pool, count: int):
+    def __init__(self, pool, count: int, setup: Callable, context_file: str):
         self.count = count
         self._pool = pool
+        self._setup = setup
+        self._context = context_file
 
     def map(self, fn, jobs):
-        for result in self._pool.imap((_local_job), ((fn, j) for j in jobs), chunksize=1):
+        items = ((fn, j, self._setup, self._context) for j in jobs)
+        for result in self._pool.imap(_local_job, items, chunksize=1):
             yield _unwrap(result)
 
 
 class LocalExecutor:
     """Spawned worker processes on this machine: ``workers`` (default: every core), never more than
     the cores or the jobs; one worker runs in the calling process. Workers die with the caller
-    (Linux), and are stopped when the run ends, fails, or is interrupted (Ctrl-C, SIGTERM)."""
+    (Linux), and are stopped when the run ends, fails, or is interrupted (Ctrl-C, SIGTERM).
+
+    The processes are spawned when the executor is entered, before the compile plans: they import
+    the compiler (about half a second each) while the caller reads the catalog and checks the
+    sources. Each run (:meth:`start`) then hands them its context through one pickled file, so a
+    leave-one-cluster-out compile reuses the same processes for every mixture.
+    """
 
     name = "local"
+    #: What a warm worker imports before its first job.
+    WARM_MODULES = ("flanmix.assemble",)
 
     def __init__(self, workers: int | None = None, scratch: str | None = None):
         self.workers = workers
         self.scratch = scratch
+        self._pool = None
+        self._size = 0
 
     def __enter__(self) -> LocalExecutor:
+        size = self.count(1 << 30)
+        if size > 1:
+            self._pool = mp.get_context("spawn").Pool(
+                size, initializer=_local_warm, initargs=(self.WARM_MODULES,)
+            )
+            self._size = size
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        self._stop()
+
+    def _stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+            pool.join()
 
     def count(self, max_jobs: int) -> int:
         cores = os.cpu_count() or 1
@@ -175,12 +218,25 @@ class LocalExecutor:
         if n == 1:
             yield _InProcess(setup(context))
             return
-        pool = mp.get_context("spawn").Pool(n, initializer=_local_init, initargs=(setup, context))
+        own = self._pool is None  # start() without entering the executor: a pool for this run
+        if own:
+            self._pool = mp.get_context("spawn").Pool(
+                n, initializer=_local_warm, initargs=(self.WARM_MODULES,)
+            )
+            self._size = n
+        fd, context_file = tempfile.mkstemp(prefix="flanmix-context-", suffix=".pickle")
         try:
-            yield _Pool(pool, n)
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump(context, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            ok = False
+            try:
+                yield _Pool(self._pool, min(n, self._size), setup, context_file)
+                ok = True
+            finally:
+                if own or not ok:  # a failed or interrupted run stops its workers at once
+                    self._stop()
         finally:
-            pool.terminate()
-            pool.join()
+            os.unlink(context_file)
 
 
 # ----------------------------------------------------------------------------- Ray
