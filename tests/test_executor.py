@@ -1,0 +1,54 @@
+"""The local executor: warm worker processes, one context per run, errors and stops."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from flanmix.errors import CompileError
+from flanmix.executor import LocalExecutor
+
+
+def _setup(context):
+    return {"context": context, "pid": os.getpid()}
+
+
+def _job(state, x):
+    if x == "boom":
+        raise ValueError("boom")
+    return state["context"], state["pid"], x * 2
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two workers")
+def test_runs_share_the_warm_processes_and_each_gets_its_context():
+    with LocalExecutor(workers=2) as ex:
+        with ex.start(_setup, "first", max_jobs=8) as w:
+            assert w.count == 2
+            one = list(w.map(_job, range(8)))
+        with ex.start(_setup, "second", max_jobs=8) as w:
+            two = list(w.map(_job, range(8)))
+    assert [r[2] for r in one] == [x * 2 for x in range(8)]  # in job order
+    assert {r[0] for r in one} == {"first"} and {r[0] for r in two} == {"second"}
+    assert os.getpid() not in {r[1] for r in one + two}
+    assert len({r[1] for r in one + two}) <= 2  # the same two processes served both runs
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two workers")
+def test_a_failing_job_stops_the_workers_and_raises_one_error():
+    with LocalExecutor(workers=2) as ex:
+        with (
+            pytest.raises(CompileError, match="ValueError: boom"),
+            ex.start(_setup, "ctx", max_jobs=4) as w,
+        ):
+            list(w.map(_job, [1, "boom", 3]))
+        assert ex._pool is None  # stopped at once
+        with ex.start(_setup, "again", max_jobs=4) as w:  # a later run gets fresh workers
+            assert [r[2] for r in w.map(_job, [5])] == [10]
+
+
+def test_one_worker_runs_in_this_process_without_a_pool():
+    with LocalExecutor(workers=1) as ex:
+        assert ex._pool is None
+        with ex.start(_setup, "solo", max_jobs=4) as w:
+            assert [r[1] for r in w.map(_job, [1, 2])] == [os.getpid()] * 2
