@@ -9,7 +9,7 @@ function of its own:
    and role, with the cap applied; the tree becomes a :class:`MixNode` tree of task plans;
 3. :func:`allot_rows`: each node's rows divided between its members by the rate rule of its mixing
    method (:data:`RATE_FNS`), largest remainders first;
-4. :func:`make_units`: fixed-size chunks of each task's draw sequence and the shard counts.
+4. :func:`make_units`: fixed-size chunks of each task's draw sequence (and the shards by rows).
 
 Units depend only on the spec and the sources, never on the number of workers, so neither does the
 output. Rendering a unit is :mod:`flanmix.rows`; the compile itself is :mod:`flanmix.compile`.
@@ -72,6 +72,8 @@ class Plan:
     offline: bool
     tasks: dict[str, TaskPlan]  # key: f"{split}:{task}"
     units: list[Unit]
+    #: shards per split by planned rows: an estimate, checked against the limit before rendering
+    #: (the compile fixes the count from the rows and text bytes rendered: ``assemble.shard_count``)
     shards: dict[str, int]
     holdout: dict[str, Any]
     missing_tasks: list[str]
@@ -590,7 +592,8 @@ def allot_rows(root: MixNode, spec: MixtureSpec) -> None:
 
 
 def make_units(spec: MixtureSpec, tasks: dict[str, TaskPlan]) -> tuple[list[Unit], dict[str, int]]:
-    """Step 4: the work units (train tasks first, then eval, by key) and the shards per split."""
+    """Step 4: the work units (train tasks first, then eval, by key) and the shards per split by
+    planned rows (checked against the limit before anything is rendered)."""
     units: list[Unit] = []
     for key in sorted(tasks, key=lambda k: (k.split(":")[0] != "train", k)):
         tp = tasks[key]
@@ -603,6 +606,7 @@ def make_units(spec: MixtureSpec, tasks: dict[str, TaskPlan]) -> tuple[list[Unit
     out = spec.output
     train_rows = sum(tp.planned for tp in tasks.values() if tp.role == "train")
     eval_rows = sum(tp.planned for tp in tasks.values() if tp.role == "eval")
+    # by rows only: the compile fixes the count once the units are rendered (rows and bytes)
     shards = {
         "train": out.shards or max(1, math.ceil(train_rows / out.shard_rows)),
         "eval": max(1, math.ceil(eval_rows / out.shard_rows)) if eval_rows else 0,
