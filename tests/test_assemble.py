@@ -198,3 +198,21 @@ def test_compile_sizes_shards_by_text_bytes(tmp_path):
     forced = spec.model_copy(update={"output": spec.output.model_copy(update={"shards": 2})})
     again = compile_mixture(forced, tmp_path / "two", **kw)
     assert len(again["splits"]["train"]["shards"]) == 2
+
+
+def test_units_hold_about_the_same_text_whatever_the_row_shape():
+    from flanmix.plan import UNIT_ROWS, TaskPlan, unit_draws
+    from tests.test_mix import make_spec
+
+    def plan(role, templates, shots=None):
+        return TaskPlan("t", "c", role, None, ["a"] * templates, None, 0, shots=shots)
+
+    zero = make_spec(formats={"few_shot": 0.0})
+    assert unit_draws(zero, plan("train", 5)) == UNIT_ROWS
+    few = make_spec(formats={"few_shot": 1.0, "k": 4})
+    assert unit_draws(few, plan("train", 5)) == UNIT_ROWS // 5  # each row ~5 rows of text
+    every = make_spec(formats={"few_shot": 0.5, "k": 2}, templates={"mode": "all"})
+    assert unit_draws(every, plan("train", 5)) == UNIT_ROWS // 10  # 5 rows per draw, 2x text
+    evals = make_spec(eval={"few_shot": 2})
+    assert unit_draws(evals, plan("eval", 4, shots=object())) == round(UNIT_ROWS / 12)
+    assert unit_draws(evals, plan("eval", 4)) == UNIT_ROWS // 4  # no exemplars: zero-shot
