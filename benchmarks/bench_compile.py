@@ -7,16 +7,22 @@ prints a Markdown table:
     rows batched 10k at a time into pyarrow and written to Parquet, on one core;
 (b) promptsource ``Template.apply`` on the same rows (a subset; skipped if promptsource is missing);
 (c) ``flanmix compile`` with all its work (template choice, options styles, few-shot, hashing,
-    stats, shards, manifest) with 1 and with 2 workers, per core and as a ratio to (a);
+    stats, shards, manifest) with 1 and with 2 workers, per core and as a ratio to (a); next to
+    each, what a Hugging Face ``datasets`` user writes for the same rows: ``Dataset.from_parquet``
+    on the same files, a batched ``.map`` rendering (a)'s templates on as many processes, and
+    ``.to_parquet``, timed whole (load + map + write) with a fresh cache folder, alternated with
+    the compile runs;
 (d) a FLAN-2021-scale mixture: 60 tasks, 30k cap, about 1.5M source rows, 1 and 2 workers, and
     the same compile from the command line on local processes and on Ray (a local Ray started by
     the compile, 2 actors): time, rows/s, peak RSS of the process tree, same shards or not;
 (e) peak RSS of a compile (the process and its workers) at 1M and 5M source rows;
 (f) long rows (premises of 520 words, inputs of ~3.7 kB) zero-shot, and few-shot (k=4, inputs of
-    ~15 kB), 50k rows in one shard: the raw loop on the same rows, and the compile on 1 and 2
-    workers with the peak RSS of the process tree (where assembling, not rendering, used to lead).
+    ~18 kB), 50k rows in one shard: the raw loop on the same rows, and the compile on 1 and 2
+    workers with the peak RSS of the process tree (where assembling, not rendering, used to lead);
+    after each, the batched ``datasets.map`` of (c) on 1 and 2 processes, also from the command
+    line (for few-shot rows each input gets 4 exemplars from its batch, as long as flanmix's).
 
-Usage: python benchmarks/bench_compile.py [--quick] [--keep DIR] [--skip c,d,ray,e,f]
+Usage: python benchmarks/bench_compile.py [--quick] [--keep DIR] [--skip c,d,ray,e,f,ds]
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ WORDS = [
 ]
 LABELS = ["entailment", "neutral", "contradiction"]
 CHOICES = ["yes", "it is not possible to tell", "no"]
+OPTIONS_BLOCK = "\n\nOPTIONS:\n{% for c in answer_choices %}- {{ c }}\n{% endfor %}"
 
 
 def sentence(i: int, n: int) -> str:
@@ -204,10 +211,7 @@ def raw_loop(path: Path, out: Path, n: int) -> float:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-    t_in = env.from_string(
-        '{{ premise }}\n\nBased on the paragraph above can we conclude that "{{ hypothesis }}"?\n\n'
-        "OPTIONS:\n{% for c in answer_choices %}- {{ c }}\n{% endfor %}"
-    )
+    t_in = env.from_string(TEMPLATES[0][1] + OPTIONS_BLOCK)
     t_out = env.from_string("{{ answer_choices[label] }}")
     rows = pq.read_table(path).slice(0, n).to_pylist()
     start = time.perf_counter()
@@ -242,6 +246,98 @@ def promptsource_loop(path: Path, n: int) -> float | None:
     return len(rows) / (time.perf_counter() - start)
 
 
+# ----------------------------------------------------------------------------- datasets.map
+
+_DS_TEMPLATES: list = []  # compiled once per process (a mapped function is pickled: no templates)
+
+
+def ds_render_batch(batch: dict[str, list], k: int = 0) -> dict[str, list]:
+    """What a `datasets` user maps (batched): the raw loop's templates on a batch of rows; with
+    ``k``, each input is preceded by k exemplars of the same batch (flanmix's few-shot layout:
+    input, newline, target, blank line) so the text is the size of flanmix's few-shot rows."""
+    if not _DS_TEMPLATES:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+        _DS_TEMPLATES.append(env.from_string(TEMPLATES[0][1] + OPTIONS_BLOCK))
+        _DS_TEMPLATES.append(env.from_string("{{ answer_choices[label] }}"))
+    t_in, t_out = _DS_TEMPLATES
+    inputs, targets = [], []
+    for premise, hypothesis, label in zip(
+        batch["premise"], batch["hypothesis"], batch["label"], strict=True
+    ):
+        ctx = {"premise": premise, "hypothesis": hypothesis, "label": label}
+        ctx["answer_choices"] = CHOICES
+        inputs.append(t_in.render(ctx).strip())
+        targets.append(t_out.render(ctx).strip())
+    if k:
+        n = len(inputs)
+        shots = [x + "\n" + y + "\n\n" for x, y in zip(inputs, targets, strict=True)]
+        inputs = [
+            "".join(shots[(i + j) % n] for j in range(1, k + 1)) + x for i, x in enumerate(inputs)
+        ]
+    return {"inputs": inputs, "targets": targets}
+
+
+def datasets_map(files: list[str], out: str, procs: int, k: int, cache_dir: str) -> int:
+    """Parquet sources -> batched ``Dataset.map`` on ``procs`` processes -> one Parquet file, with
+    a fresh ``cache_dir`` (nothing served from a cache); returns the row count."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    ds = datasets.Dataset.from_parquet(files, cache_dir=cache_dir)
+    ds = ds.map(
+        ds_render_batch,
+        batched=True,
+        num_proc=procs if procs > 1 else None,
+        remove_columns=ds.column_names,
+        fn_kwargs={"k": k},
+    )
+    ds.to_parquet(out)
+    return len(ds)
+
+
+def datasets_once(files: list[Path], out: Path, procs: int, k: int = 0) -> tuple[float, int]:
+    """(seconds, rows) of :func:`datasets_map` in this process: load + map + to_parquet."""
+    cache = tempfile.mkdtemp(prefix="ds-cache-", dir=out.parent)
+    try:
+        start = time.perf_counter()
+        rows = datasets_map([str(f) for f in files], str(out), procs, k, cache)
+        return time.perf_counter() - start, rows
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def datasets_tree(files: list[Path], out: Path, procs: int, k: int) -> tuple[float, float, int]:
+    """(seconds, peak RSS in MiB of the process tree, rows) of :func:`datasets_map` in a fresh
+    Python, timed as the (f) compiles are: from the command line, starting Python included."""
+    cache = tempfile.mkdtemp(prefix="ds-cache-", dir=out.parent)
+    code = (
+        "from benchmarks.bench_compile import datasets_map; "
+        f"datasets_map({[str(f) for f in files]!r}, {str(out)!r}, {procs}, {k}, {cache!r})"
+    )
+    try:
+        took, peak, rc, _ = watch_tree([sys.executable, "-c", code])
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    if rc != 0:
+        raise SystemExit(f"datasets.map failed ({rc}): {code}")
+    return took, peak, pq.ParquetFile(out).metadata.num_rows
+
+
+def mean_input_kb(paths: list[Path]) -> float:
+    """Mean length of the ``inputs`` column over Parquet files, in kB of characters."""
+    import pyarrow.compute as pc
+
+    total = count = 0
+    for path in paths:
+        col = pq.read_table(path, columns=["inputs"]).column("inputs")
+        total += pc.sum(pc.utf8_length(col)).as_py() or 0
+        count += len(col)
+    return total / max(count, 1) / 1000
+
+
 # ----------------------------------------------------------------------------- (c)-(e)
 
 
@@ -262,8 +358,6 @@ def peak_rss(
     """(seconds, peak RSS in MiB of the compile process tree, rows, peak PSS in MiB) of a CLI
     compile. RSS sums count the pages processes share (libraries) once per process; PSS shares
     them out, so its sum is the tree's real footprint (sampled less often: it reads smaps)."""
-    import psutil
-
     if out.exists():
         shutil.rmtree(out)
     cmd = [
@@ -280,6 +374,18 @@ def peak_rss(
         executor,
         "--quiet",
     ]
+    took, peak, rc, pss = watch_tree(cmd)
+    if rc != 0:
+        raise SystemExit(f"compile failed ({rc}): {' '.join(cmd)}")
+    rows = json.loads((out / "manifest.json").read_text())["splits"]["train"]["rows"]
+    return took, peak, rows, pss
+
+
+def watch_tree(cmd: list[str]) -> tuple[float, float, int, float]:
+    """(seconds, peak RSS in MiB of the process tree, exit status, peak PSS in MiB) of a command
+    run with the repository on PYTHONPATH; the tree is sampled every 50 ms."""
+    import psutil
+
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
@@ -306,11 +412,7 @@ def peak_rss(
     rc = proc.wait()
     stop.set()
     th.join()
-    took = time.perf_counter() - start
-    if rc != 0:
-        raise SystemExit(f"compile failed ({rc}): {' '.join(cmd)}")
-    rows = json.loads((out / "manifest.json").read_text())["splits"]["train"]["rows"]
-    return took, peak / 2**20, rows, peak_pss / 2**20
+    return time.perf_counter() - start, peak / 2**20, rc, peak_pss / 2**20
 
 
 def ray_start_seconds() -> float | None:
@@ -334,7 +436,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     parser.add_argument(
-        "--skip", default="", help="comma-separated parts to skip: d, ray (the Ray rows of d), e"
+        "--skip",
+        default="",
+        help="comma-separated parts to skip: c, d, ray (the Ray rows of d), e, f, ds (datasets.map)",
     )
     args = parser.parse_args()
     q = args.quick
@@ -344,7 +448,8 @@ def main() -> None:
     table: list[tuple[str, str, str]] = []
     cores = os.cpu_count()
     print(
-        f"# flanmix compile benchmark ({cores} cores, python {sys.version.split()[0]}, pyarrow {pa.__version__})\n",
+        f"# flanmix compile benchmark ({cores} cores, python {sys.version.split()[0]}, pyarrow {pa.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f} at the start)\n",
         flush=True,
     )
 
@@ -373,9 +478,17 @@ def main() -> None:
         )
         spec = write_spec(lib, sources, cap=per_task)
         compile_once(spec, work / "warm", 1)  # warm the page cache and imports
+        files = [Path(s) / "train.parquet" for s in sources.values()]
+        if "ds" not in skip:
+            datasets_once(files, work / "ds_warm.parquet", 1)  # imports, as above
         per_core = {}
         for w in (1, 2):
-            took, rows = min(compile_once(spec, work / f"c{w}", w) for _ in range(repeat))
+            runs, ds_runs = [], []
+            for _ in range(repeat):  # flanmix and datasets.map alternated
+                runs.append(compile_once(spec, work / f"c{w}", w))
+                if "ds" not in skip:
+                    ds_runs.append(datasets_once(files, work / f"ds{w}.parquet", w))
+            took, rows = min(runs)
             per_core[w] = rows / took / w
             table.append(
                 (
@@ -384,6 +497,11 @@ def main() -> None:
                     f"{per_core[w] / raw:.2f}x per core",
                 )
             )
+            if ds_runs:
+                ds_took, ds_rows = min(ds_runs)
+                table.append((f"(c) batched datasets.map + to_parquet, {w} process(es), {ds_rows:,} rows (best of {repeat})",
+                              f"{ds_rows / ds_took:,.0f} rows/s total",
+                              f"flanmix / datasets.map: {rows / took / (ds_rows / ds_took):.2f}x"))  # fmt: skip
         table.append(("(c) speed-up 1 -> 2 workers", f"{per_core[2] * 2 / per_core[1]:.2f}x", ""))
 
     # (d): FLAN-2021 scale
@@ -447,18 +565,31 @@ def main() -> None:
         lib_f = work / "lib_f"
         sources_f = make_library(lib_f, 4, per_task, words=520)
         first = Path(sources_f["t000"]) / "train.parquet"
+        files_f = [Path(s) / "train.parquet" for s in sources_f.values()]
         raw = raw_loop(first, work / "raw_f.parquet", per_task)
         table.append(("(f) raw loop, long rows (~3.7 kB), 1 core", f"{raw:,.0f} rows/s", "1.00x"))
-        for name, few in (("long zero-shot", 0.0), ("few-shot k=4 (~15 kB)", 1.0)):
+        for name, few in (("long zero-shot", 0.0), ("few-shot k=4 (~18 kB)", 1.0)):
             formats = {"few_shot": few, "k": 4, "max_length": 20_000, "options": 0.9}
             spec_f = write_spec(lib_f, sources_f, cap=per_task, formats=formats)
             for w in (1, 2):
                 took, peak, out_rows, _ = peak_rss(spec_f, work / "long", w)
+                shards = sorted((work / "long").glob("train*.parquet"))
                 table.append((f"(f) {name}, {out_rows:,} rows, {w} worker(s)",
                               f"{out_rows / took:,.0f} rows/s, peak RSS {peak:,.0f} MiB",
-                              f"{out_rows / took / w / raw:.2f}x raw per core"))  # fmt: skip
+                              f"{out_rows / took / w / raw:.2f}x raw per core; inputs {mean_input_kb(shards):.1f} kB"))  # fmt: skip
+                if "ds" in skip:
+                    continue
+                k = 4 if few else 0
+                ds_out = work / "ds_long.parquet"
+                ds_took, ds_peak, ds_rows = datasets_tree(files_f, ds_out, w, k)
+                ratio = out_rows / took / (ds_rows / ds_took)
+                table.append((f"(f) {name}: batched datasets.map + to_parquet, {ds_rows:,} rows, {w} process(es)",
+                              f"{ds_rows / ds_took:,.0f} rows/s, peak RSS {ds_peak:,.0f} MiB",
+                              f"flanmix / datasets.map: {ratio:.2f}x; inputs {mean_input_kb([ds_out]):.1f} kB"))  # fmt: skip
         shutil.rmtree(lib_f, ignore_errors=True)
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average at the end (1, 5, 15 min): {load}\n")
     print("| measurement | result | ratio / notes |")
     print("|---|---:|---:|")
     for row in table:

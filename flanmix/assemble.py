@@ -1,17 +1,29 @@
-"""Assembling shards: a unit's rows split into per-shard pieces, then pieces into ordered, hashed shards.
+"""Assembling shards: every unit's rows as one sorted run, then runs into ordered, hashed shards.
 
 Both are job functions for an executor (:mod:`flanmix.executor`): every worker builds one
 :class:`~flanmix.rows.UnitRenderer` from the :class:`~flanmix.rows.WorkerContext` (:func:`init_worker`),
-then runs :func:`render_unit_job` per unit and :func:`write_shard_job` per shard. A row's shard is
-picked by its ``example_id``, and a shard's rows are ordered by it, so neither depends on the number
-of workers. Pieces and shards go through :mod:`flanmix.storage`, so on a cluster they can live on
+then runs :func:`render_unit_job` per unit and :func:`write_shard_job` per shard.
+
+A rendered unit is written as one *run*: its rows sorted by ``example_id`` (16 hex digits of a
+64-bit hash, which order as the number does), in record batches of ``RUN_BATCH`` rows. Once every
+unit is rendered the compile knows each split's rows and text bytes, and fixes the number of shards
+(:func:`shard_count`); shard ``s`` of ``n`` takes the ids in ``[s * 2**64 / n, (s + 1) * 2**64 / n)``
+(:func:`shard_ranges`; the ids are uniform hashes, so shards are even), which is a contiguous slice
+of every run. The shard writer reads only the batches of each run that its range touches
+(:func:`run_slices` picks them from the batches' first ids), cuts the slices by binary search and
+merges them in id order, a row group at a time. Nothing depends on the number of workers or the
+executor. Runs and shards go through :mod:`flanmix.storage`, so on a cluster they can live on
 shared storage (``executor.scratch``).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import mmap
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,45 +34,167 @@ from . import storage
 from .mixture import SCHEMA, sha256_file, shard_name
 from .rows import UnitRenderer, WorkerContext
 
-ROW_GROUP = 10_000
+ROW_GROUP = 10_000  # rows per row group of a shard, at most
+ROW_GROUP_BYTES = 64 * 2**20  # text per row group, at most (long rows make smaller groups)
+RUN_BATCH = 1_024  # rows per record batch of a run: what a shard reads of the runs it overlaps
+ID_SPACE = 1 << 64
+
+
+@dataclass(frozen=True)
+class Run:
+    """One rendered unit's rows, sorted by ``example_id``, in an Arrow IPC file at ``path``."""
+
+    uid: int
+    split: str
+    rows: int
+    text_bytes: int  # UTF-8 bytes of inputs and targets
+    firsts: tuple[str, ...]  # the first id of every record batch
+    last: str  # the last id
 
 
 def init_worker(ctx: WorkerContext) -> UnitRenderer:
     return UnitRenderer(ctx)
 
 
+def _as_sorted_table(rendered: pa.Table | dict[str, list]) -> pa.Table:
+    """A unit's rows as one table in ``example_id`` order (ties in render order).
+
+    Columns given as lists are ordered as lists (moving references, not text) and converted one
+    at a time, each list dropped once converted: the text is held about once, not twice.
+    """
+    import pyarrow.compute as pc
+
+    if isinstance(rendered, pa.Table):
+        table = rendered if rendered.schema == SCHEMA else rendered.cast(SCHEMA)
+        ids = table.column("example_id")
+        if len(ids) > 1 and not pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py():
+            table = table.take(pc.sort_indices(ids))  # stable
+        return table
+    order = pc.sort_indices(pa.array(rendered["example_id"], pa.string())).to_numpy().tolist()
+    arrays = []
+    for field in SCHEMA:
+        values = rendered.pop(field.name)
+        arrays.append(pa.array([values[i] for i in order], field.type))
+        del values
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _text_bytes(table: pa.Table) -> int:
+    import pyarrow.compute as pc
+
+    return sum(
+        int(pc.sum(pc.binary_length(table.column(c))).as_py() or 0) for c in ("inputs", "targets")
+    )
+
+
 def render_unit_job(renderer: UnitRenderer, args: tuple) -> tuple:
-    """Render one unit and write its per-shard pieces, each sorted by ``example_id`` (a sorted run
-    for the shard writer to merge); returns (uid, stats, rows)."""
-    unit, pieces_dir = args
-    table, stats = renderer.render(unit)  # in example_id order
-    nshards = renderer.ctx.shards[unit.split]
+    """Render one unit and write its rows, sorted by ``example_id``, as one run (no file for an
+    empty unit); returns (uid, stats, :class:`Run`)."""
+    unit, runs_dir = args
+    rendered, stats = renderer.render(unit)
+    table = _as_sorted_table(rendered)
+    del rendered
+    path = run_path(runs_dir, unit.split, unit.uid)
     n = table.num_rows
+    firsts: tuple[str, ...] = ()
+    last = ""
     if n:
-        bounds = np.array([0, n])
-        if nshards > 1:  # the shard is picked by the first 8 hex digits
-            key = np.array([int(e, 16) for e in table.column("example_id").to_pylist()], np.uint64)
-            shard_of = (key >> np.uint64(32)) % np.uint64(nshards)
-            order = np.argsort(shard_of, kind="stable")
-            table = table.take(pa.array(order))
-            bounds = np.searchsorted(shard_of[order], np.arange(nshards + 1, dtype=np.uint64))
-        for s in range(nshards):
-            lo, hi = int(bounds[s]), int(bounds[s + 1])
-            if hi > lo:
-                part = table.slice(lo, hi - lo)
-                path = storage.join(pieces_dir, unit.split, f"{s:05d}", f"{unit.uid:07d}.arrow")
-                with storage.open_output(path) as sink, pa.ipc.new_file(sink, SCHEMA) as w:
-                    w.write_table(part)
-    return (unit.uid, stats, n)
+        ids = table.column("example_id")
+        firsts = tuple(ids[i].as_py() for i in range(0, n, RUN_BATCH))
+        last = ids[n - 1].as_py()
+        with storage.open_output(path) as sink, pa.ipc.new_file(sink, SCHEMA) as w:
+            w.write_table(table, max_chunksize=RUN_BATCH)
+    run = Run(unit.uid, unit.split, n, _text_bytes(table) if n else 0, firsts, last)
+    del table
+    _give_back_memory()
+    return (unit.uid, stats, run)
+
+
+def _give_back_memory() -> None:
+    """Hand freed heap back to the system, so a worker's memory is its current unit, not its
+    largest one (glibc keeps freed blocks; Arrow's pool keeps its arenas)."""
+    pa.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+_TRIM: list = []
+
+
+def _malloc_trim():
+    if not _TRIM:
+        try:
+            import ctypes
+
+            _TRIM.append(ctypes.CDLL("libc.so.6").malloc_trim)
+        except (OSError, AttributeError):
+            _TRIM.append(None)
+    return _TRIM[0]
+
+
+def shard_count(rows: int, text_bytes: int, shard_rows: int, shard_bytes: int) -> int:
+    """Shards for a split of ``rows`` rows holding ``text_bytes`` of text: none without rows, else
+    enough that no shard is planned above ``shard_rows`` rows or ``shard_bytes`` of text."""
+    if not rows:
+        return 0
+    return max(1, math.ceil(rows / shard_rows), math.ceil(text_bytes / shard_bytes))
+
+
+def shard_ranges(n: int) -> list[tuple[str, str | None]]:
+    """The id range ``[lo, hi)`` of each of ``n`` shards as 16-hex-digit strings (``hi`` None: to
+    the end of the id space)."""
+    bounds = [s * ID_SPACE // n for s in range(n + 1)] if n else []
+    return [
+        (format(bounds[s], "016x"), format(bounds[s + 1], "016x") if s + 1 < n else None)
+        for s in range(n)
+    ]
+
+
+def run_path(runs_dir: str, split: str, uid: int) -> str:
+    return storage.join(runs_dir, split, f"{uid:07d}.arrow")
+
+
+def run_slices(runs: list[Run], lo: str, hi: str | None) -> np.ndarray:
+    """(uid, first batch, end batch) of every run that may hold ids in ``[lo, hi)``, in run order:
+    the batches whose ids can fall in the range (the exact rows are cut when read). One int64 row
+    per run, so the jobs of many shards over many runs stay small."""
+    out = []
+    for run in runs:
+        if not run.rows or run.last < lo or (hi is not None and run.firsts[0] >= hi):
+            continue
+        b0 = max(0, bisect.bisect_right(run.firsts, lo) - 1)
+        b1 = len(run.firsts) if hi is None else bisect.bisect_left(run.firsts, hi)
+        if b1 > b0:
+            out.append((run.uid, b0, b1))
+    return np.array(out, dtype=np.int64).reshape(-1, 3)
+
+
+def _ids16(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column of 16-character ids as a numpy ``S16`` array (for binary search: bytes order as
+    the hex numbers do)."""
+    arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if arr.null_count:
+        raise ValueError("example_id has nulls")
+    offsets = np.frombuffer(
+        arr.buffers()[1], dtype=np.int32, count=len(arr) + 1, offset=arr.offset * 4
+    )
+    if len(arr) and not np.array_equal(np.diff(offsets), np.full(len(arr), 16, dtype=np.int32)):
+        raise ValueError("example_id is not 16 hex digits")
+    data = arr.buffers()[2]
+    start = int(offsets[0]) if len(arr) else 0
+    return np.frombuffer(data, dtype="S16", count=len(arr), offset=start)
 
 
 def merged(
     pieces: list[pa.Table],
     rows: int | None = None,
     done: Callable[[np.ndarray], None] | None = None,
+    max_bytes: int | None = None,
 ) -> Iterator[pa.Table]:
-    """The pieces' rows ordered by ``example_id`` (ties in piece order), ``rows`` at a time, each a
-    contiguous table.
+    """The pieces' rows ordered by ``example_id`` (ties in piece order), each a contiguous table of
+    ``rows`` rows (default ``ROW_GROUP``), or fewer where they would hold more than ``max_bytes``
+    of text (default ``ROW_GROUP_BYTES``; at least one row).
 
     Only the ids of the whole shard are sorted; the text is copied one batch at a time, so memory
     is one batch above the (memory-mapped) pieces. A sorted piece gives each batch one slice.
@@ -72,12 +206,17 @@ def merged(
     if not pieces or not starts[-1]:
         return
     rows = rows or ROW_GROUP
+    max_bytes = max_bytes or ROW_GROUP_BYTES
     ids = pa.chunked_array([c for t in pieces for c in t.column("example_id").chunks], pa.string())
-    order = (
-        pc.sort_indices(ids).to_numpy().astype(np.int64)
-    )  # stable, as on the pieces concatenated
-    for at in range(0, len(order), rows):
-        idx = order[at : at + rows]
+    order = pc.sort_indices(ids).to_numpy().astype(np.int64)  # stable, as on the pieces in a row
+    text = np.concatenate([_row_bytes(t) for t in pieces])[order].cumsum()
+    at = 0
+    while at < len(order):
+        # the most rows from `at` holding at most max_bytes of text (at least one), up to `rows`
+        fit = int(np.searchsorted(text, (text[at - 1] if at else 0) + max_bytes, side="right"))
+        end = min(at + rows, max(fit, at + 1))
+        idx = order[at:end]
+        at = end
         piece = np.searchsorted(starts, idx, side="right") - 1
         local = idx - starts[piece]
         first = np.full(len(pieces), np.iinfo(np.int64).max)
@@ -98,8 +237,18 @@ def merged(
             done(used)
 
 
+def _row_bytes(table: pa.Table) -> np.ndarray:
+    """UTF-8 bytes of every row's inputs and targets (read from the offsets, not the text)."""
+    import pyarrow.compute as pc
+
+    out = np.zeros(table.num_rows, dtype=np.int64)
+    for name in ("inputs", "targets"):
+        out += pc.binary_length(table.column(name)).to_numpy(zero_copy_only=False)
+    return out
+
+
 def write_shard(batches: Iterable[pa.Table], path: str, file_format: str) -> int:
-    """Write ``batches`` (each ``ROW_GROUP`` rows but the last) to one shard; returns its rows."""
+    """Write ``batches`` (each one row group, from :func:`merged`) to one shard; returns its rows."""
     n = 0
     if file_format == "parquet":
         import pyarrow.parquet as pq
@@ -126,49 +275,64 @@ def write_shard(batches: Iterable[pa.Table], path: str, file_format: str) -> int
     return n
 
 
-def _read_piece(location: str) -> tuple[pa.Table, mmap.mmap | None]:
-    """A piece's table, memory-mapped when local; with the map, so that the merge can drop the
-    pages it has copied from the process's memory (``MADV_DONTNEED``: a file's pages are read
-    again if touched), and a shard of long rows never sits in memory whole."""
-    if storage.is_url(location) or not hasattr(mmap, "MADV_DONTNEED"):
-        return storage.read_arrow(location), None
+@contextmanager
+def _open_run(location: str) -> Iterator[tuple[pa.ipc.RecordBatchFileReader, mmap.mmap | None]]:
+    """A run's IPC reader: memory-mapped when local, with the map, so that the merge can drop the
+    pages it has copied from the process's memory (``MADV_DONTNEED``: a file's pages are read again
+    if touched); through fsspec otherwise (a batch read is a ranged read)."""
+    if storage.is_url(location):
+        with storage.open_input(location) as fh:
+            yield pa.ipc.open_file(pa.PythonFile(fh, mode="r")), None
+        return
     with open(location, "rb") as fh:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    return pa.ipc.open_file(pa.py_buffer(mapped)).read_all(), mapped
+    yield pa.ipc.open_file(pa.py_buffer(mapped)), mapped  # closes with the last buffer using it
+
+
+def _cut(reader: pa.ipc.RecordBatchFileReader, b0: int, b1: int, lo: str, hi: str | None):
+    """Batches ``b0:b1`` of a run, cut to the ids in ``[lo, hi)``."""
+    table = pa.Table.from_batches([reader.get_batch(i) for i in range(b0, b1)], SCHEMA)
+    ids = _ids16(table.column("example_id"))
+    start = int(np.searchsorted(ids, lo.encode(), side="left"))
+    stop = len(ids) if hi is None else int(np.searchsorted(ids, hi.encode(), side="left"))
+    return table.slice(start, max(0, stop - start))
 
 
 def write_shard_job(_renderer: UnitRenderer, args: tuple) -> dict[str, Any]:
-    """Merge one shard's sorted pieces in ``example_id`` order into ``out_dir``, hash it.
+    """Merge one shard's slices of the sorted runs in ``example_id`` order into ``out_dir``, hash it.
 
-    Row groups are written as they are merged: the shard is never gathered whole.
+    ``args``: (split, index, count, runs_dir, slices from :func:`run_slices`, lo, hi, out_dir,
+    format). Row groups are written as they are merged: the shard is never gathered whole.
     """
-    split, index, count, pieces_dir, out_dir, file_format = args
-    folder = storage.join(pieces_dir, split, f"{index:05d}")
-    pieces, maps = [], []
-    for piece in storage.list_files(folder):
-        table, mapped = _read_piece(piece)
-        pieces.append(table)
-        maps.append(mapped)
+    split, index, count, runs_dir, slices, lo, hi, out_dir, file_format = args
+    with ExitStack() as stack:
+        parts, maps = [], []
+        for uid, b0, b1 in slices.tolist():
+            reader, mapped = stack.enter_context(_open_run(run_path(runs_dir, split, uid)))
+            part = _cut(reader, b0, b1, lo, hi)
+            if part.num_rows:
+                parts.append(part)
+                maps.append(mapped)
 
-    def done(used: np.ndarray) -> None:
-        for p in used:
-            if maps[p] is not None:
-                maps[p].madvise(mmap.MADV_DONTNEED)
+        def done(used: np.ndarray) -> None:
+            for p in used:
+                if maps[p] is not None:
+                    maps[p].madvise(mmap.MADV_DONTNEED)
 
-    batches = merged(pieces, done=done)
-    name = shard_name(split, index, count, file_format)
-    if storage.is_url(out_dir):  # written here, then copied to shared storage
-        import tempfile
+        batches = merged(parts, done=done if hasattr(mmap, "MADV_DONTNEED") else None)
+        name = shard_name(split, index, count, file_format)
+        if storage.is_url(out_dir):  # written here, then copied to shared storage
+            import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="flanmix-shard-") as local:
-            path = Path(local) / name
+            with tempfile.TemporaryDirectory(prefix="flanmix-shard-") as local:
+                path = Path(local) / name
+                rows = write_shard(batches, str(path), file_format)
+                entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+                storage.put(path, storage.join(out_dir, name))
+        else:
+            path = Path(out_dir) / name
             rows = write_shard(batches, str(path), file_format)
             entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-            storage.put(path, storage.join(out_dir, name))
-    else:
-        path = Path(out_dir) / name
-        rows = write_shard(batches, str(path), file_format)
-        entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    del pieces, batches, done  # the maps close with the last table using them
-    storage.remove(folder)
+        del parts, batches, done  # the maps close with the last table using them
+    _give_back_memory()
     return {"file": name, "rows": rows, **entry}

@@ -4,10 +4,11 @@
 
 1. :mod:`flanmix.plan`: holdouts, caps, rates and the work units (every source checked first);
 2. :mod:`flanmix.rows` and :mod:`flanmix.assemble`, as jobs on an executor
-   (:mod:`flanmix.executor`): every unit is rendered by a worker and its rows are split by
-   ``example_id`` into per-shard pieces; every shard merges its pieces, orders the rows by
-   ``example_id`` (a seeded order that does not depend on the number of workers), is written
-   with fixed writer options and hashed;
+   (:mod:`flanmix.executor`): every unit is rendered by a worker into one run sorted by
+   ``example_id``; then the number of shards of each split is fixed from the rows and text bytes
+   rendered (``output.shard_rows``, ``output.shard_bytes``), each shard takes an equal range of
+   the ids, merges its slices of the runs in id order (a seeded order that does not depend on the
+   number of workers), is written with fixed writer options and hashed;
 3. :mod:`flanmix.publish`: ``stats.json``, ``README.md`` (:mod:`flanmix.card`) and, last,
    ``manifest.json`` (:class:`flanmix.mixture.Manifest`) are written into a staging folder
    next to OUT, which is then renamed to OUT. A compile killed at any point leaves no OUT (or the
@@ -16,7 +17,8 @@
 With ``holdout.leave_one_cluster_out`` one mixture per training cluster is compiled into one
 staging folder and published whole, its ``loco.json`` index last.
 
-Memory is bounded by one unit per worker and one shard in the merge, whatever the mixture size.
+Memory is bounded by one unit per worker and one row group per shard writer, whatever the mixture
+size.
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ from typing import Any
 import pyarrow as pa
 
 from . import __version__, storage
-from .assemble import init_worker, render_unit_job, write_shard_job
+from .assemble import (
+    Run,
+    init_worker,
+    render_unit_job,
+    run_slices,
+    shard_count,
+    shard_ranges,
+    write_shard_job,
+)
 from .card import loco_card, mixture_card
 from .catalog import Catalog, add_catalogs, load_catalog
 from .errors import CompileError, Location
@@ -269,9 +279,9 @@ def _template_lines(catalog: Catalog, names: set[str]) -> dict[tuple[str, str], 
 def _render_and_assemble(
     job: CompileJob, plan: Plan, ctx: WorkerContext, tmp: Path, out: Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Render every unit into pieces and assemble the shards into ``tmp``; (splits, stats)."""
+    """Render every unit into a sorted run and assemble the shards into ``tmp``; (splits, stats)."""
     executor, say = job.executor, job.log
-    # pieces and shards of the workers: in the staging folder, or under the executor's scratch
+    # runs and shards of the workers: in the staging folder, or under the executor's scratch
     # (shared storage on a cluster), from which the shards are copied into the staging folder
     scratch = getattr(executor, "scratch", None)
     work = (
@@ -279,10 +289,10 @@ def _render_and_assemble(
         if scratch
         else None
     )
-    pieces = storage.join(work, "pieces") if work else str(tmp / "pieces")
+    runs_dir = storage.join(work, "runs") if work else str(tmp / "runs")
     try:
         with executor.start(init_worker, ctx, len(plan.units)) as workers:
-            jobs = [(u, pieces) for u in plan.units]
+            jobs = [(u, runs_dir) for u in plan.units]
             kind = "" if executor.name == "local" else f"{executor.name} "
             say(f"rendering {len(plan.units)} units with {workers.count} {kind}worker(s)")
             results = list(workers.map(render_unit_job, jobs))
@@ -294,11 +304,8 @@ def _render_and_assemble(
                     hint="see the reasons: " + json.dumps(stats["dropped"]["train"])[:300],
                 )
             shard_dir = storage.join(work, "shards") if work else str(tmp)
-            shard_jobs = [
-                (split, i, plan.shards[split], pieces, shard_dir, job.spec.output.format)
-                for split in ("train", "eval")
-                for i in range(plan.shards[split])
-            ]
+            runs = [run for *_, run in results]
+            shard_jobs = _shard_jobs(job, plan, runs, runs_dir, shard_dir)
             say(f"writing {len(shard_jobs)} shard(s)")
             shard_results = list(workers.map(write_shard_job, shard_jobs))
         if work:
@@ -310,13 +317,40 @@ def _render_and_assemble(
                         hint="check the scratch storage",
                     )
     finally:
-        storage.remove(work or pieces)
+        storage.remove(work or runs_dir)
     splits: dict[str, Any] = {}
     for (split, *_), entry in zip(shard_jobs, shard_results, strict=True):
         splits.setdefault(split, {"shards": [], "rows": 0})
         splits[split]["shards"].append(entry)
         splits[split]["rows"] += entry["rows"]
     return splits, stats
+
+
+def _shard_jobs(
+    job: CompileJob, plan: Plan, runs: list[Run], runs_dir: str, shard_dir: str
+) -> list[tuple]:
+    """One job per shard: the shard count of each split from its rendered rows and text bytes
+    (``output.shards`` fixes the train count), each shard an equal range of the example ids."""
+    out = job.spec.output
+    jobs = []
+    for split in ("train", "eval"):
+        mine = [r for r in runs if r.split == split]
+        rows = sum(r.rows for r in mine)
+        n = shard_count(rows, sum(r.text_bytes for r in mine), out.shard_rows, out.shard_bytes)
+        if split == "train" and out.shards:
+            n = out.shards
+        elif plan.shards[split] and not n:  # planned rows, all dropped: one empty shard
+            n = 1
+        if n > MAX_SHARDS:
+            raise CompileError(
+                f"{n:,} {split} shards for {rows:,} rows; the limit is {MAX_SHARDS:,}",
+                location=Location(file=job.spec_file, field="output"),
+                hint="raise output.shard_rows or output.shard_bytes",
+            )
+        for i, (lo, hi) in enumerate(shard_ranges(n)):
+            slices = run_slices(mine, lo, hi)
+            jobs.append((split, i, n, runs_dir, slices, lo, hi, shard_dir, out.format))
+    return jobs
 
 
 def _stats_from(results: list, plan: Plan) -> dict[str, Any]:
@@ -326,7 +360,7 @@ def _stats_from(results: list, plan: Plan) -> dict[str, Any]:
     redrawn: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
     fallback: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
     unit_split = {u.uid: u.split for u in plan.units}
-    for uid, stats, _n in results:
+    for uid, stats, _run in results:
         split = unit_split[uid]
         kept[split].update(stats["kept"])
         dropped[split].update(stats["dropped"])

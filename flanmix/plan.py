@@ -9,7 +9,8 @@ function of its own:
    and role, with the cap applied; the tree becomes a :class:`MixNode` tree of task plans;
 3. :func:`allot_rows`: each node's rows divided between its members by the rate rule of its mixing
    method (:data:`RATE_FNS`), largest remainders first;
-4. :func:`make_units`: fixed-size chunks of each task's draw sequence and the shard counts.
+4. :func:`make_units`: chunks of each task's draw sequence, of a size fixed by the spec
+   (:func:`unit_draws`; and the shards by rows).
 
 Units depend only on the spec and the sources, never on the number of workers, so neither does the
 output. Rendering a unit is :mod:`flanmix.rows`; the compile itself is :mod:`flanmix.compile`.
@@ -34,7 +35,9 @@ from .sources import HubState, SourceHandle, resolve_source
 from .spec import Mixing, MixtureSpec, Submix
 from .yamlio import load_yaml
 
-UNIT_ROWS = 10_000  # draws per work unit: fixed, so the units (and output) never depend on workers
+#: zero-shot rows per work unit (fewer draws for few-shot rows, see :func:`unit_draws`): fixed by the
+#: spec, so the units (and the output) never depend on the workers
+UNIT_ROWS = 10_000
 
 
 @dataclass
@@ -72,6 +75,8 @@ class Plan:
     offline: bool
     tasks: dict[str, TaskPlan]  # key: f"{split}:{task}"
     units: list[Unit]
+    #: shards per split by planned rows: an estimate, checked against the limit before rendering
+    #: (the compile fixes the count from the rows and text bytes rendered: ``assemble.shard_count``)
     shards: dict[str, int]
     holdout: dict[str, Any]
     missing_tasks: list[str]
@@ -589,20 +594,32 @@ def allot_rows(root: MixNode, spec: MixtureSpec) -> None:
     root.allot(spec.total_rows or root.size(), spec.mixing)
 
 
+def unit_draws(spec: MixtureSpec, tp: TaskPlan) -> int:
+    """Draws per unit of a task: about ``UNIT_ROWS`` zero-shot rows' worth of text, so that a
+    worker's memory (one unit) does not grow with the examples per draw (templates in mode ``all``,
+    every template of an eval task) or the exemplars of few-shot rows (``k`` each)."""
+    if tp.role == "train":
+        rows, shots = _per_draw(spec, len(tp.templates)), spec.formats.few_shot * spec.formats.k
+    else:
+        rows, shots = len(tp.templates), (spec.eval.few_shot if tp.shots is not None else 0)
+    return max(1, round(UNIT_ROWS / (rows * (1 + shots))))
+
+
 def make_units(spec: MixtureSpec, tasks: dict[str, TaskPlan]) -> tuple[list[Unit], dict[str, int]]:
-    """Step 4: the work units (train tasks first, then eval, by key) and the shards per split."""
+    """Step 4: the work units (train tasks first, then eval, by key) and the shards per split by
+    planned rows (checked against the limit before anything is rendered)."""
     units: list[Unit] = []
     for key in sorted(tasks, key=lambda k: (k.split(":")[0] != "train", k)):
         tp = tasks[key]
         if tp.role == "train":
             tp.draws = math.ceil(tp.planned / _per_draw(spec, len(tp.templates)))
-        for start in range(0, tp.draws, UNIT_ROWS):
-            units.append(
-                Unit(len(units), tp.role, tp.task, start, min(start + UNIT_ROWS, tp.draws))
-            )
+        size = unit_draws(spec, tp)
+        for start in range(0, tp.draws, size):
+            units.append(Unit(len(units), tp.role, tp.task, start, min(start + size, tp.draws)))
     out = spec.output
     train_rows = sum(tp.planned for tp in tasks.values() if tp.role == "train")
     eval_rows = sum(tp.planned for tp in tasks.values() if tp.role == "eval")
+    # by rows only: the compile fixes the count once the units are rendered (rows and bytes)
     shards = {
         "train": out.shards or max(1, math.ceil(train_rows / out.shard_rows)),
         "eval": max(1, math.ceil(eval_rows / out.shard_rows)) if eval_rows else 0,

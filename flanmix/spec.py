@@ -244,9 +244,20 @@ class Output(_Model):
         default=None,
         ge=1,
         le=MAX_SHARDS,
-        description="number of train shards (default: from shard_rows)",
+        description="number of train shards (default: from shard_rows and shard_bytes)",
     )
-    shard_rows: int = Field(default=100_000, ge=1, description="target rows per shard")
+    shard_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="target rows per shard (each shard takes an equal range of the example ids, "
+        "so their sizes vary a little)",
+    )
+    shard_bytes: int = Field(
+        default=256 * 2**20,
+        ge=1,
+        description="target bytes of text (inputs and targets, UTF-8) per shard: long rows "
+        "make more, smaller shards, so that writing or reading one never holds much",
+    )
 
 
 class ExecutorSpec(_Model):

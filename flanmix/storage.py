@@ -1,6 +1,6 @@
 """Where workers put their files: a local folder or any fsspec URL (``s3://``, ``gs://``, ``file://``).
 
-A compile's workers write unit pieces and shards through these few functions, so a cluster can use
+A compile's workers write their sorted runs and shards through these few functions, so a cluster can use
 shared storage for them (``executor.scratch`` in the spec, ``--scratch`` on the command line) while
 a local compile keeps its plain files inside the staging folder next to OUT. Local paths go
 straight to the file system (memory-mapped reads, no fsspec on the hot path); URLs go through
@@ -10,13 +10,13 @@ fsspec, which ``datasets`` already installs (``s3fs``/``gcsfs`` are needed for t
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["is_url", "join", "open_output", "read_arrow", "list_files", "remove", "put", "get"]
+__all__ = ["is_url", "join", "open_output", "open_input", "remove", "put", "get"]
 
 
 def is_url(location: str | Path) -> bool:
@@ -50,29 +50,16 @@ def open_output(location: str) -> IO[bytes]:
             yield fh
 
 
-def read_arrow(location: str):
-    """The table in an Arrow IPC file (memory-mapped when local)."""
-    import pyarrow as pa
-
+@contextmanager
+def open_input(location: str) -> Iterator[IO[bytes]]:
+    """A binary file to read at ``location`` (seekable: fsspec reads ranges of remote files)."""
     if is_url(location):
         fs, path = _fs(location)
         with fs.open(path, "rb") as fh:
-            return pa.ipc.open_file(pa.BufferReader(fh.read())).read_all()
-    with pa.memory_map(location) as src:
-        return pa.ipc.open_file(src).read_all()
-
-
-def list_files(folder: str) -> list[str]:
-    """The files directly in ``folder``, sorted by name; empty when it does not exist."""
-    if is_url(folder):
-        fs, path = _fs(folder)
-        if not fs.exists(path):
-            return []
-        names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-        return [join(folder, n) for n in names]
-    if not os.path.isdir(folder):
-        return []
-    return [str(Path(folder, n)) for n in sorted(os.listdir(folder))]
+            yield fh
+    else:
+        with open(location, "rb") as fh:
+            yield fh
 
 
 def remove(location: str) -> None:

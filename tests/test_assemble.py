@@ -4,6 +4,7 @@ shard at once (and the same Arrow batches)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -102,3 +103,116 @@ def test_merge_keeps_piece_order_on_equal_ids():
     expect = pa.concat_tables(pieces)
     expect = expect.take(pc.sort_indices(expect, sort_keys=[("example_id", "ascending")]))
     assert out.equals(expect)
+
+
+def test_row_groups_are_capped_by_text_bytes(tmp_path):
+    pieces = _pieces([40, 25], sort=True)
+    text = sum(int(n) for t in pieces for n in assemble._row_bytes(t))
+    batches = list(assemble.merged(pieces, rows=30, max_bytes=text // 6))
+    assert sum(b.num_rows for b in batches) == 65 and len(batches) >= 6
+    for b in batches:  # at most max_bytes of text, unless a single row is longer
+        assert b.num_rows == 1 or assemble._row_bytes(b).sum() <= text // 6
+    assert pa.concat_tables(batches).equals(pa.concat_tables(list(assemble.merged(pieces))))
+    rows = assemble.write_shard(iter(batches), str(tmp_path / "s.parquet"), "parquet")
+    meta = pq.ParquetFile(tmp_path / "s.parquet").metadata
+    assert rows == 65 and meta.num_row_groups == len(batches)
+
+
+def test_shard_count_by_rows_and_bytes():
+    assert assemble.shard_count(0, 0, 100, 1000) == 0
+    assert assemble.shard_count(1, 0, 100, 1000) == 1
+    assert assemble.shard_count(250, 10, 100, 1000) == 3  # by rows
+    assert assemble.shard_count(250, 10_001, 100, 1000) == 11  # by bytes
+
+
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_shards_take_equal_id_ranges_cut_from_sorted_runs(tmp_path, monkeypatch, n):
+    """Runs written in small batches; every shard reads the batches its range touches, cuts them
+    exactly, and the shards in order are the whole sorted set of rows."""
+    monkeypatch.setattr(assemble, "RUN_BATCH", 4)
+    ranges = assemble.shard_ranges(n)
+    assert ranges[0][0] == "0" * 16 and ranges[-1][1] is None
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # contiguous
+    tables = _pieces([30, 0, 17, 1, 9], sort=True, seed=n)
+    runs = []
+    for uid, t in enumerate(tables):
+        path = assemble.run_path(str(tmp_path / "runs"), "train", uid)
+        ids = t.column("example_id").to_pylist()
+        if ids:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as w:
+                w.write_table(t, max_chunksize=assemble.RUN_BATCH)
+        firsts = tuple(ids[:: assemble.RUN_BATCH])
+        runs.append(assemble.Run(uid, "train", len(ids), 0, firsts, ids[-1] if ids else ""))
+    out = []
+    for s, (lo, hi) in enumerate(ranges):
+        slices = assemble.run_slices(runs, lo, hi)
+        args = ("train", s, n, str(tmp_path / "runs"), slices, lo, hi, str(tmp_path), "arrow")
+        entry = assemble.write_shard_job(None, args)
+        with pa.OSFile(str(tmp_path / entry["file"])) as f:
+            shard = pa.ipc.open_stream(f).read_all()
+        ids = shard.column("example_id").to_pylist()
+        assert all(lo <= i and (hi is None or i < hi) for i in ids) and entry["rows"] == len(ids)
+        out.append(shard)
+    whole = pa.concat_tables(tables)
+    whole = whole.take(pc.sort_indices(whole, sort_keys=[("example_id", "ascending")]))
+    assert pa.concat_tables(out).equals(whole)
+
+
+def test_a_unit_given_as_columns_is_sorted_like_a_table():
+    (table,) = _pieces([50], sort=False)
+    cols = table.to_pydict()
+    got = assemble._as_sorted_table(cols)
+    assert got.equals(table.take(pc.sort_indices(table.column("example_id"))))
+    assert assemble._as_sorted_table(table).equals(got)
+
+
+def test_compile_sizes_shards_by_text_bytes(tmp_path):
+    """Long text makes more shards than the rows alone would; the shards in order hold the ids in
+    order, each within its range; ``output.shards`` still fixes the train count."""
+    import math
+
+    from flanmix.catalog import load_catalog
+    from flanmix.compile import compile_mixture
+    from flanmix.mixture import Mixture
+    from tests.test_mix import FIXTURE, make_spec, write_sources
+
+    catalog = load_catalog(FIXTURE)
+    sources = write_sources(tmp_path / "src", n=600, n_eval=30)
+    kw = dict(catalog=catalog, workers=1, base_dir=tmp_path, offline=True)
+    spec = make_spec(cap=600, total_rows=None, sources=sources, output={"shard_bytes": 20_000})
+    manifest = compile_mixture(spec, tmp_path / "out", **kw)
+    mix = Mixture.open(tmp_path / "out")
+    assert mix.verify() == []
+    rows = list(mix.iter_rows("train"))
+    text = sum(len(r["inputs"].encode()) + len(r["targets"].encode()) for r in rows)
+    shards = manifest["splits"]["train"]["shards"]
+    assert len(shards) == math.ceil(text / 20_000) > 1  # 100,000 rows per shard by default
+    ids = [r["example_id"] for r in rows]
+    assert ids == sorted(ids)
+    at = 0
+    for (lo, hi), shard in zip(assemble.shard_ranges(len(shards)), shards, strict=True):
+        mine = ids[at : at + shard["rows"]]
+        assert all(lo <= i and (hi is None or i < hi) for i in mine)
+        at += shard["rows"]
+    forced = spec.model_copy(update={"output": spec.output.model_copy(update={"shards": 2})})
+    again = compile_mixture(forced, tmp_path / "two", **kw)
+    assert len(again["splits"]["train"]["shards"]) == 2
+
+
+def test_units_hold_about_the_same_text_whatever_the_row_shape():
+    from flanmix.plan import UNIT_ROWS, TaskPlan, unit_draws
+    from tests.test_mix import make_spec
+
+    def plan(role, templates, shots=None):
+        return TaskPlan("t", "c", role, None, ["a"] * templates, None, 0, shots=shots)
+
+    zero = make_spec(formats={"few_shot": 0.0})
+    assert unit_draws(zero, plan("train", 5)) == UNIT_ROWS
+    few = make_spec(formats={"few_shot": 1.0, "k": 4})
+    assert unit_draws(few, plan("train", 5)) == UNIT_ROWS // 5  # each row ~5 rows of text
+    every = make_spec(formats={"few_shot": 0.5, "k": 2}, templates={"mode": "all"})
+    assert unit_draws(every, plan("train", 5)) == UNIT_ROWS // 10  # 5 rows per draw, 2x text
+    evals = make_spec(eval={"few_shot": 2})
+    assert unit_draws(evals, plan("eval", 4, shots=object())) == round(UNIT_ROWS / 12)
+    assert unit_draws(evals, plan("eval", 4)) == UNIT_ROWS // 4  # no exemplars: zero-shot
