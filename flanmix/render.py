@@ -227,13 +227,8 @@ class CompiledTemplate:
     def __post_init__(self) -> None:
         self.full_id = f"{self.task}.{self.template.id}"
         self._static_list = list(self._static_choices) if self._static_choices is not None else None
-        # plain templates (text and {{ name }} only) render without Jinja: see plain_renderer
-        self._plain = None
-        if self._choice_templates is None and self._choice_expr is None:
-            plain_in = plain_renderer(self.template.input)
-            plain_out = plain_renderer(self.template.target) if plain_in else None
-            if plain_out is not None:
-                self._plain = (plain_in, plain_out)
+        # plain parts (text and simple outputs) render without Jinja: see plain_renderer
+        self._plain = (plain_renderer(self.template.input), plain_renderer(self.template.target))
         if self._static_choices is not None and (
             len(self._static_choices) < 2 or not all(self._static_choices)
         ):
@@ -273,36 +268,44 @@ class CompiledTemplate:
     @timed
     def render(self, row: Mapping[str, Any], seed: int = 0) -> Rendered | Skip:
         """Render one row. Raises :class:`TemplateError` on a template bug; returns Skip for bad rows."""
-        plain = self._plain
-        if plain is not None:  # the same text as Jinja's, or None: Jinja decides
-            ac = _MISSING if self._static_list is None else self._static_list
-            text_in = plain[0](row, ac)
-            text_out = None if text_in is None else plain[1](row, ac)
-            if text_out is not None:
-                text_in, text_out = text_in.strip(), text_out.strip()
-                if not text_in:
-                    return Skip("empty input")
-                if not text_out:
-                    return Skip("empty target")
-                return Rendered(text_in, text_out, self._static_choices)
-        token = _EXAMPLE_SEED.set(seed)
+        plain_in, plain_out = self._plain
+        token = None
+        context = None
         part = ANSWER_CHOICES
-        # one copy of globals + row serves every part (Jinja would copy it once per part)
-        context = {**GLOBALS_SNAPSHOT, **row}
         try:
             if self._static_choices is not None:
-                choices = self._static_choices
-                context[ANSWER_CHOICES] = self._static_list
+                choices, ac = self._static_choices, self._static_list
+            elif self._choice_templates is None and self._choice_expr is None:
+                choices, ac = None, _MISSING
             else:
+                token = _EXAMPLE_SEED.set(seed)
+                # one copy of globals + row serves every part (Jinja would copy it once per part)
+                context = {**GLOBALS_SNAPSHOT, **row}
                 choices = self._dynamic_choices(row, context)
+                ac = _MISSING
                 if choices is not None:
                     if len(choices) < 2 or not all(choices):
                         return Skip("fewer than two non-empty answer choices")
-                    context[ANSWER_CHOICES] = list(choices)
+                    ac = context[ANSWER_CHOICES] = list(choices)
+            # each part: its plain function (the same text, or None), else Jinja
             part = "input"
-            text_in = _render(self._input, context).strip()
+            text_in = plain_in(row, ac) if plain_in is not None else None
+            if text_in is None:
+                if context is None:
+                    token = _EXAMPLE_SEED.set(seed)
+                    context = {**GLOBALS_SNAPSHOT, **row}
+                    if ac is not _MISSING:
+                        context[ANSWER_CHOICES] = ac
+                text_in = _render(self._input, context)
             part = "target"
-            text_out = _render(self._target, context).strip()
+            text_out = plain_out(row, ac) if plain_out is not None else None
+            if text_out is None:
+                if context is None:
+                    token = _EXAMPLE_SEED.set(seed)
+                    context = {**GLOBALS_SNAPSHOT, **row}
+                    if ac is not _MISSING:
+                        context[ANSWER_CHOICES] = ac
+                text_out = _render(self._target, context)
         except SkipRow as skip:
             return Skip(skip.reason)
         except TemplateError:
@@ -310,7 +313,9 @@ class CompiledTemplate:
         except Exception as exc:  # noqa: BLE001 - any Jinja/runtime error is the template's
             raise _template_error(exc, self.location, part) from exc
         finally:
-            _EXAMPLE_SEED.reset(token)
+            if token is not None:
+                _EXAMPLE_SEED.reset(token)
+        text_in, text_out = text_in.strip(), text_out.strip()
         if not text_in:
             return Skip("empty input")
         if not text_out:
@@ -373,22 +378,120 @@ def _from_string(source: str) -> jinja2.Template:
 #: Values a plain template prints as Jinja does (``str(value)``: the sandbox's ``finalize`` passes
 #: them untouched); anything else goes to Jinja.
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+#: Values whose truth (``{{ a if b }}``) and equality are Python's in Jinja too.
+_TESTABLE = _PLAIN | {list, tuple, dict}
 _MISSING = object()
+
+
+class _Unsupported(Exception):
+    """A template node the plain renderer does not write: the template stays with Jinja."""
+
+
+class _PlainWriter:
+    """Writes the Python function of a plain template (see :func:`plain_renderer`)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}  # Jinja name -> local variable
+        self.lines: list[str] = []
+        self.temps = 0
+        self.calls_skip = False
+
+    def var(self, name: str) -> str:
+        if name in GLOBALS_SNAPSHOT and name != ANSWER_CHOICES:
+            raise _Unsupported(name)
+        return self.names.setdefault(name, f"v{len(self.names)}")
+
+    def temp(self) -> str:
+        self.temps += 1
+        return f"t{self.temps}"
+
+    def value(self, node, out: str, pad: str) -> None:
+        """Lines that put the value of ``node`` in ``out`` (or return None: Jinja decides)."""
+        from jinja2 import nodes
+
+        w = self.lines.append
+        if isinstance(node, nodes.TemplateData):
+            w(f"{pad}{out} = {node.data!r}")
+        elif isinstance(node, nodes.Const) and type(node.value) in _PLAIN:
+            w(f"{pad}{out} = {node.value!r}")
+        elif isinstance(node, nodes.Neg) and isinstance(node.node, nodes.Const):
+            if type(node.node.value) is not int:
+                raise _Unsupported("neg")
+            w(f"{pad}{out} = {-node.node.value!r}")
+        elif isinstance(node, nodes.Name) and node.ctx == "load":
+            w(f"{pad}{out} = {self.var(node.name)}")
+        elif isinstance(node, nodes.Getitem) and node.ctx == "load":
+            if isinstance(node.arg, nodes.Const) and type(node.arg.value) is not int:
+                raise _Unsupported("a['key']")  # Jinja's item-then-attribute lookup
+            obj, key = self.temp(), self.temp()
+            self.value(node.node, obj, pad)
+            self.value(node.arg, key, pad)
+            w(f"{pad}if type({obj}) not in (list, tuple) or type({key}) is not int: return None")
+            w(f"{pad}if not -len({obj}) <= {key} < len({obj}): return None")
+            w(f"{pad}{out} = {obj}[{key}]")
+        elif isinstance(node, nodes.CondExpr) and node.expr2 is not None:
+            test = self.temp()
+            self.test(node.test, test, pad)
+            w(f"{pad}if {test}:")
+            self.value(node.expr1, out, pad + " ")
+            w(f"{pad}else:")
+            self.value(node.expr2, out, pad + " ")
+        elif (
+            isinstance(node, nodes.Call)
+            and isinstance(node.node, nodes.Name)
+            and node.node.name == "skip"
+            and not node.kwargs
+            and node.dyn_args is None
+            and node.dyn_kwargs is None
+            and len(node.args) <= 1
+            and all(isinstance(a, nodes.Const) and type(a.value) is str for a in node.args)
+        ):
+            self.calls_skip = True
+            reason = node.args[0].value if node.args else "skipped by template"
+            w(f"{pad}raise SkipRow({reason!r})")
+        else:
+            raise _Unsupported(type(node).__name__)
+
+    def test(self, node, out: str, pad: str) -> None:
+        """Lines that put the truth of ``node`` in ``out``: a value, or ``a == b`` / ``a != b``."""
+        from jinja2 import nodes
+
+        w = self.lines.append
+        if (
+            isinstance(node, nodes.Compare)
+            and len(node.ops) == 1
+            and node.ops[0].op in ("eq", "ne")
+        ):
+            left, right = self.temp(), self.temp()
+            self.value(node.expr, left, pad)
+            self.value(node.ops[0].expr, right, pad)
+            w(
+                f"{pad}if type({left}) not in _TESTABLE or type({right}) not in _TESTABLE: return None"
+            )
+            w(f"{pad}{out} = {left} {'==' if node.ops[0].op == 'eq' else '!='} {right}")
+        elif isinstance(node, nodes.Not):
+            self.test(node.node, out, pad)
+            w(f"{pad}{out} = not {out}")
+        else:
+            self.value(node, out, pad)
+            w(f"{pad}if type({out}) not in _TESTABLE: return None")
 
 
 @functools.lru_cache(maxsize=8192)
 def plain_renderer(source: str) -> Callable[[Mapping[str, Any], Any], str | None] | None:
     """A Python function that renders ``source`` exactly as the sandbox does, when the template is
-    only text and ``{{ name }}`` / ``{{ name[name] }}`` / ``{{ name[3] }}`` outputs (most
-    templates' targets and many inputs); None for any other template.
+    only text and ``{{ }}`` outputs of names, constants, indexing (``a[b]``, ``a[0]``), conditional
+    expressions (``a if b else c``, tests ``b``, ``not b``, ``b == c``, ``b != c``) and
+    ``skip('reason')`` (most templates' targets, and many inputs); None for any other template.
 
     ``fn(row, answer_choices)`` returns the text, or None when this row needs Jinja after all (a
-    missing name, a value that is not a plain str/int/float/bool/None, an index that is out of
-    range or not an int, a text past the render budget): Jinja then renders it, raising what it
-    raises. It reads names as the render context does: ``answer_choices`` first, then the row; a
-    name of the environment's globals always goes to Jinja. The function is generated from the
-    parsed template (its texts as ``repr`` literals, its names Jinja identifiers), never from the
-    template text itself.
+    missing name, a value that is not a plain str/int/float/bool/None where it is printed or
+    indexed, an index out of range or not an int, a text past the render budget): Jinja then
+    renders the row, raising what it raises. ``skip()`` raises :class:`SkipRow` as the template
+    would. Names are read as the render context has them: ``answer_choices`` first, then the row;
+    a name of the environment's globals (but ``skip``) keeps the template with Jinja. The function
+    is generated from the parsed template (texts and constants as ``repr`` literals, names as
+    Jinja identifiers), never from the template text itself.
     """
     from jinja2 import nodes
 
@@ -398,67 +501,27 @@ def plain_renderer(source: str) -> Callable[[Mapping[str, Any], Any], str | None
         return None
     if len(body) > 1 or (body and not isinstance(body[0], nodes.Output)):
         return None
-    names: dict[str, str] = {}  # Jinja name -> local variable
-
-    def var(name: str) -> str | None:
-        if name in GLOBALS_SNAPSHOT and name != ANSWER_CHOICES:
-            return None
-        return names.setdefault(name, f"v{len(names)}")
-
-    def const_int(node: nodes.Node) -> int | None:
-        if isinstance(node, nodes.Neg):  # [-1]
-            value = const_int(node.node)
-            return None if value is None else -value
-        if isinstance(node, nodes.Const) and type(node.value) is int:
-            return node.value
+    writer = _PlainWriter()
+    terms = []
+    try:
+        for node in body[0].nodes if body else ():
+            if isinstance(node, nodes.TemplateData):
+                terms.append(repr(node.data))
+                continue
+            t = writer.temp()
+            writer.value(node, t, " ")
+            writer.lines += [
+                f" if type({t}) is not str:",
+                f"  if type({t}) not in _PLAIN: return None",
+                f"  {t} = str({t})",
+            ]
+            terms.append(t)
+    except _Unsupported:
         return None
-
-    lines: list[str] = []
-    terms: list[str] = []
-    for node in body[0].nodes if body else ():
-        if isinstance(node, nodes.TemplateData):
-            terms.append(repr(node.data))
-        elif isinstance(node, nodes.Name) and node.ctx == "load":
-            v = var(node.name)
-            if v is None:
-                return None
-            t = f"t{len(terms)}"
-            lines += [
-                f" {t} = {v}",
-                f" if type({t}) is not str:",
-                f"  if type({t}) not in _PLAIN: return None",
-                f"  {t} = str({t})",
-            ]
-            terms.append(t)
-        elif (
-            isinstance(node, nodes.Getitem)
-            and node.ctx == "load"
-            and isinstance(node.node, nodes.Name)
-            and (isinstance(node.arg, nodes.Name) or const_int(node.arg) is not None)
-        ):
-            obj = var(node.node.name)
-            if obj is None:
-                return None
-            if isinstance(node.arg, nodes.Name):
-                key = var(node.arg.name)
-                if key is None:
-                    return None
-            else:
-                key = repr(const_int(node.arg))
-            t = f"t{len(terms)}"
-            lines += [
-                f" if type({obj}) not in (list, tuple) or type({key}) is not int: return None",
-                f" if not -len({obj}) <= {key} < len({obj}): return None",
-                f" {t} = {obj}[{key}]",
-                f" if type({t}) is not str:",
-                f"  if type({t}) not in _PLAIN: return None",
-                f"  {t} = str({t})",
-            ]
-            terms.append(t)
-        else:
-            return None
     head = []
-    for name, v in names.items():
+    if writer.calls_skip:  # a row field named skip would be called instead
+        head.append(" if 'skip' in row: return None")
+    for name, v in writer.names.items():
         if name == ANSWER_CHOICES:
             head.append(f" {v} = ac if ac is not _MISSING else row.get({name!r}, _MISSING)")
         else:
@@ -466,10 +529,16 @@ def plain_renderer(source: str) -> Callable[[Mapping[str, Any], Any], str | None
         head.append(f" if {v} is _MISSING: return None")
     text = " + ".join(terms) if terms else "''"
     code = "\n".join(
-        ["def plain(row, ac):", *head, *lines, f" text = {text}",
+        ["def plain(row, ac):", *head, *writer.lines, f" text = {text}",
          " return text if len(text) <= LIMITS.chars else None"]
     )  # fmt: skip
-    scope: dict[str, Any] = {"_PLAIN": _PLAIN, "_MISSING": _MISSING, "LIMITS": budget.LIMITS}
+    scope: dict[str, Any] = {
+        "_PLAIN": _PLAIN,
+        "_TESTABLE": _TESTABLE,
+        "_MISSING": _MISSING,
+        "LIMITS": budget.LIMITS,
+        "SkipRow": SkipRow,
+    }
     exec(compile(code, f"<plain template {source[:40]!r}>", "exec"), scope)  # noqa: S102
     return scope["plain"]
 
