@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import yaml
+
+if TYPE_CHECKING:
+    from .mixture import LocoIndex, Manifest
 
 
 def fingerprint(parts: Iterable[str]) -> str:
@@ -33,12 +36,15 @@ def fingerprint(parts: Iterable[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def mixture_fingerprint(manifest: dict[str, Any]) -> str:
+def mixture_fingerprint(manifest: Manifest | dict[str, Any]) -> str:
     """The fingerprint of a compiled mixture: its shard names and sha256s, in manifest order."""
+    from .mixture import Manifest
+
+    m = Manifest.of(manifest)
     return fingerprint(
-        f"{split}:{shard['file']}:{shard['sha256']}"
-        for split, info in sorted(manifest.get("splits", {}).items())
-        for shard in info.get("shards", [])
+        f"{split}:{shard.file}:{shard.sha256}"
+        for split, info in sorted(m.splits.items())
+        for shard in info.shards
     )
 
 
@@ -119,92 +125,91 @@ __all__ = ["dataset_info", "features", "fingerprint", "front_matter", "mixture_f
 
 
 def mixture_config(
-    manifest: dict[str, Any], config_name: str = "default", prefix: str = ""
+    manifest: Manifest | dict[str, Any], config_name: str = "default", prefix: str = ""
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``configs`` entry and ``dataset_info`` entry of a compiled mixture.
 
     ``prefix`` is the mixture's folder relative to the card (a LOCO root's ``nli/``). The data
     files are the manifest's exact shards: a glob would also pick up a file planted later.
     """
-    from .mixture import SCHEMA, SPLITS
+    from .mixture import SCHEMA, SPLITS, Manifest
 
+    m = Manifest.of(manifest)
     files, rows = [], {}
     for split in SPLITS:
-        info = manifest["splits"].get(split, {})
-        if info.get("shards"):
-            files.append({"split": split, "path": [prefix + s["file"] for s in info["shards"]]})
-            rows[split] = info.get("rows", sum(s["rows"] for s in info["shards"]))
-    description = (
-        f"flanmix mixture {manifest['name']} (data fingerprint {mixture_fingerprint(manifest)})"
-    )
+        info = m.splits.get(split)
+        if info is not None and info.shards:
+            files.append({"split": split, "path": [prefix + s.file for s in info.shards]})
+            rows[split] = info.rows
+    description = f"flanmix mixture {m.name} (data fingerprint {mixture_fingerprint(m)})"
     config = {"config_name": config_name, "data_files": files}
     return config, dataset_info(config_name, SCHEMA, rows, description)
 
 
-def mixture_front_matter(manifest: dict[str, Any]) -> str:
+def mixture_front_matter(manifest: Manifest | dict[str, Any]) -> str:
     """The front matter of a compiled mixture's card."""
     config, info = mixture_config(manifest)
     return front_matter([config], [info])
 
 
-def mixture_card(manifest: dict[str, Any]) -> str:
+def mixture_card(manifest: Manifest | dict[str, Any]) -> str:
     """A compiled mixture's ``README.md``: front matter so ``datasets.load_dataset(OUT)`` finds the
     splits, then the rows per split and cluster, what is held out and every task's source."""
-    lines = [mixture_front_matter(manifest), f"# {manifest['name']}", ""]
-    if manifest["spec"].get("description"):
-        lines += [manifest["spec"]["description"], ""]
+    from .mixture import Manifest
+
+    m = Manifest.of(manifest)
+    lines = [mixture_front_matter(m), f"# {m.name}", ""]
+    if m.spec.get("description"):
+        lines += [m.spec["description"], ""]
     lines += [
-        f"Compiled by flanmix {manifest['flanmix_version']} with seed {manifest['seed']}"
-        + (" **offline: sources are the task files' samples**" if manifest["offline"] else "")
+        f"Compiled by flanmix {m.flanmix_version} with seed {m.seed}"
+        + (" **offline: sources are the task files' samples**" if m.offline else "")
         + ".",
         "",
         "| split | rows | shards |",
         "|---|---:|---:|",
     ]
     for split in ("train", "eval"):
-        info = manifest["splits"].get(split, {})
-        lines.append(f"| {split} | {info.get('rows', 0)} | {len(info.get('shards', []))} |")
-    lines += [
-        "",
-        "Held out: "
-        + (
-            ", ".join(manifest["holdout"]["clusters"] + [t for t in manifest["holdout"]["tasks"]])
-            or "nothing"
-        ),
-        "",
-    ]
+        info = m.splits.get(split)
+        rows, shards = (info.rows, len(info.shards)) if info is not None else (0, 0)
+        lines.append(f"| {split} | {rows} | {shards} |")
+    held = (m.holdout.clusters + m.holdout.tasks) if m.holdout is not None else []
+    lines += ["", "Held out: " + (", ".join(held) or "nothing"), ""]
     lines += ["## Rows per cluster (train)", "", "| cluster | rows |", "|---|---:|"]
-    for c, n in manifest["counts"]["train"]["cluster"].items():
+    for c, n in m.counts["train"]["cluster"].items():
         lines.append(f"| {c} | {n} |")
     lines += ["", "## Sources", "", "| task | role | source |", "|---|---|---|"]
-    for _key, info in manifest["tasks"].items():
-        lines.append(f"| {info['task']} | {info['role']} | {info['source']} |")
-    if manifest.get("skipped_tasks"):  # left out: no such split, no rows, or a broken source
+    for task in m.tasks.values():
+        lines.append(f"| {task.task} | {task.role} | {task.source} |")
+    if m.skipped_tasks:  # left out: no such split, no rows, or a broken source
         lines += ["", "## Skipped", "", "| task | role | why |", "|---|---|---|"]
-        for key, why in manifest["skipped_tasks"].items():
+        for key, why in m.skipped_tasks.items():
             role, task = key.split(":", 1)
             lines.append(f"| {task} | {role} | {why.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
-def loco_card(index: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> str:
+def loco_card(
+    index: LocoIndex | dict[str, Any], manifests: dict[str, Manifest] | dict[str, dict[str, Any]]
+) -> str:
     """The card of a leave-one-cluster-out root: one config per held-out cluster, no ``default``.
 
     ``load_dataset(root, "nli")`` gives the mixture that holds out nli; ``load_dataset(root)``
     stops and lists the configs instead of merging every mixture (each cluster would then be in
     the training data of eleven others).
     """
+    from .mixture import LocoIndex
+
+    loco = LocoIndex.of(index)
     configs, infos = [], []
     for cluster, manifest in manifests.items():
-        config, info = mixture_config(
-            manifest, cluster, prefix=f"{index['mixtures'][cluster]['path']}/"
-        )
+        config, info = mixture_config(manifest, cluster, prefix=f"{loco.mixtures[cluster].path}/")
         configs.append(config)
         infos.append(info)
     first = next(iter(manifests), "CLUSTER")
     lines = [
         front_matter(configs, infos),
-        f"# {index['name']} (leave one cluster out)",
+        f"# {loco.name} (leave one cluster out)",
         "",
         "One mixture per held-out cluster, each in its own folder. Load one of them with "
         f'`datasets.load_dataset("<this folder>", "{first}")`: the config name is the held-out '
@@ -213,8 +218,6 @@ def loco_card(index: dict[str, Any], manifests: dict[str, dict[str, Any]]) -> st
         "| held out | folder | train rows | eval rows |",
         "|---|---|---:|---:|",
     ]
-    for cluster, info in index["mixtures"].items():
-        lines.append(
-            f"| {cluster} | `{info['path']}/` | {info['train_rows']} | {info['eval_rows']} |"
-        )
+    for cluster, entry in loco.mixtures.items():
+        lines.append(f"| {cluster} | `{entry.path}/` | {entry.train_rows} | {entry.eval_rows} |")
     return "\n".join(lines) + "\n"

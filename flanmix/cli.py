@@ -537,6 +537,7 @@ def _run_compile(args) -> int:
         os.environ[ALLOW_OUTSIDE] = "1"  # read by the task schema and the sources (and workers)
 
     from .compile import compile_mixture
+    from .mixture import LocoIndex, Manifest
     from .report import composition_report
 
     catalog = None
@@ -561,12 +562,12 @@ def _run_compile(args) -> int:
     )
     took = time.perf_counter() - start
     if manifest.get("kind") == "leave_one_cluster_out":
-        for c, info in manifest["mixtures"].items():
+        for c, entry in LocoIndex.of(manifest).mixtures.items():
             print(
-                f"{args.out / c}: train {info['train_rows']} rows, eval {info['eval_rows']} rows (held out {c})"
+                f"{args.out / c}: train {entry.train_rows} rows, eval {entry.eval_rows} rows (held out {c})"
             )
         return 0
-    rows = {s: i["rows"] for s, i in manifest["splits"].items()}
+    rows = {s: i.rows for s, i in Manifest.of(manifest).splits.items()}
     print(
         f"wrote {args.out}: "
         + ", ".join(f"{s} {n} rows" for s, n in rows.items())

@@ -49,7 +49,7 @@ from .card import loco_card, mixture_card
 from .catalog import Catalog, add_catalogs, load_catalog
 from .errors import CompileError, Location
 from .executor import Executor, make_executor
-from .mixture import CARD, FORMAT_VERSION, LOCO_INDEX, MANIFEST, STATS, Manifest
+from .mixture import CARD, FORMAT_VERSION, LOCO_INDEX, MANIFEST, STATS, LocoIndex, Manifest
 from .plan import Plan, node_tasks, plan_mixture
 from .publish import claim, clean_stale, os_error, staging
 from .rows import WorkerContext
@@ -205,6 +205,7 @@ def _compile_loco(job: CompileJob, out: Path, *, overwrite: bool) -> dict[str, A
                 "eval_rows": m["splits"].get("eval", {}).get("rows", 0),
             }
         # one datasets config per held-out cluster, no default
+        LocoIndex.model_validate(index)  # what every reader checks on open
         (tmp / CARD).write_text(loco_card(index, manifests), encoding="utf-8")
         (tmp / LOCO_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return index

@@ -43,6 +43,7 @@ def run_demo(
     from .compile import compile_mixture
     from .evaluate import EvalConfig, evaluate
     from .lint import lint_paths
+    from .mixture import Manifest
     from .train import load_config, train
 
     out = Path(out)
@@ -58,15 +59,17 @@ def run_demo(
 
     log(f"[2/4] compile {Path(spec or DEMO_SPEC).name} (offline) -> {out / 'mixture'}")
     t = time.perf_counter()
-    manifest = compile_mixture(spec or DEMO_SPEC, out / "mixture", offline=True, overwrite=True)
+    manifest = Manifest.of(
+        compile_mixture(spec or DEMO_SPEC, out / "mixture", offline=True, overwrite=True)
+    )
     timings["compile"] = time.perf_counter() - t
-    rows = {s: i["rows"] for s, i in manifest["splits"].items()}
+    rows = {s: i.rows for s, i in manifest.splits.items()}
     log("      " + ", ".join(f"{s} {n} rows" for s, n in rows.items()))
     for split in ("train", "eval"):  # the composition (`flanmix inspect` prints all of it)
-        by_cluster = manifest["counts"].get(split, {}).get("cluster", {})
+        by_cluster = manifest.counts.get(split, {}).get("cluster", {})
         parts = sorted(by_cluster.items(), key=lambda kv: -kv[1])
         log(f"      {split} by cluster: " + ", ".join(f"{c} {n}" for c, n in parts))
-    formats = manifest["counts"]["train"].get("format", {})
+    formats = manifest.counts["train"].get("format", {})
     log(
         "      train by format: "
         + ", ".join(f"{f} {n}" for f, n in sorted(formats.items(), key=lambda kv: -kv[1]))

@@ -868,8 +868,7 @@ def open_model(name: str, mixture: Mixture, like: Loaded | None = None, seed: in
 
 
 def _mixture_shots(mix: Mixture) -> int:
-    spec = mix.manifest.get("spec") or {}
-    return int(((spec.get("eval") or {}).get("few_shot")) or 0)
+    return int(((mix.info.spec.get("eval") or {}).get("few_shot")) or 0)
 
 
 def read_eval_rows(mix: Mixture, cfg: EvalConfig) -> list[dict[str, Any]]:

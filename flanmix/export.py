@@ -155,23 +155,20 @@ def _card(
             "data_files": [{"split": s, "path": info["files"]} for s, info in summary.items()],
         }
     ]
-    print_ = fingerprint(
-        [mixture_fingerprint(mixture.manifest), fmt, file_format, separator, __version__]
-    )
+    m = mixture.info
+    print_ = fingerprint([mixture_fingerprint(m), fmt, file_format, separator, __version__])
     info = dataset_info(
         "default",
         SCHEMAS.get(fmt) or SCHEMA,
         {s: i["rows"] for s, i in summary.items()},
-        f"flanmix export ({fmt}) of mixture {mixture.manifest.get('name', '')} "
-        f"(data fingerprint {print_})",
+        f"flanmix export ({fmt}) of mixture {m.name} (data fingerprint {print_})",
     )
     lines = [front_matter(configs, [info])]
-    name = mixture.manifest.get("name", mixture.path.name)
     rows = ", ".join(f"{split} {info['rows']} rows" for split, info in summary.items())
     lines += [
-        f"# {name} ({fmt})",
+        f"# {m.name} ({fmt})",
         "",
-        f"Exported by flanmix {mixture.manifest.get('flanmix_version', '')} from the mixture at "
+        f"Exported by flanmix {m.flanmix_version} from the mixture at "
         f'`{mixture.path}` ({rows}; {file_format}). Load it with `datasets.load_dataset("<this folder>")`.',
         "",
     ]

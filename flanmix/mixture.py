@@ -16,15 +16,16 @@ Layout::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from .errors import Location, MixtureError
 
@@ -67,6 +68,12 @@ SCHEMA = pa.schema(
 class _Entry(BaseModel):
     # unknown keys are kept (a newer flanmix may add some); missing or mistyped ones are errors
     model_config = ConfigDict(extra="allow")
+
+    @classmethod
+    def of(cls, data: Any) -> Self:
+        """``data`` as this model: itself if it is one already, else validated (a dict as
+        :func:`flanmix.compile.compile_mixture` returns it)."""
+        return data if isinstance(data, cls) else cls.model_validate(data)
 
 
 class ShardInfo(_Entry):
@@ -138,18 +145,51 @@ class Manifest(_Entry):
     pyarrow: str | None = None
 
 
-def manifest_errors(data: Any) -> list[str]:
-    """Why ``data`` is not a valid manifest, one line per problem ("splits.train.rows: ...")."""
+class LocoEntry(_Entry):
+    """One held-out cluster's mixture in a leave-one-cluster-out root."""
+
+    path: str  # its folder: a plain name inside the root
+    train_rows: StrictInt = Field(ge=0)
+    eval_rows: StrictInt = Field(ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_root(cls, value: str) -> str:
+        if value in ("", ".", "..") or "/" in value or "\\" in value:
+            raise ValueError("must be a folder name inside the root")
+        return value
+
+
+class LocoIndex(_Entry):
+    """``loco.json``: the index of a leave-one-cluster-out root, {held-out cluster: mixture},
+    validated on open (:func:`open_loco`). The writer checks its dict against it and writes the
+    dict itself, as for :class:`Manifest`."""
+
+    format_version: int
+    kind: Literal["leave_one_cluster_out"]
+    name: str
+    mixtures: dict[str, LocoEntry] = Field(min_length=1)
+
+
+def model_errors(model: type[BaseModel], data: Any) -> list[str]:
+    """Why ``data`` does not fit ``model``, one line per problem ("splits.train.rows: ...")."""
     try:
-        Manifest.model_validate(data)
+        model.model_validate(data)
     except ValidationError as exc:
         out = []
         for err in exc.errors(include_url=False):
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
             msg = "missing" if err["type"] == "missing" else err["msg"]
+            if err["type"] == "value_error":  # a validator's own words, without pydantic's prefix
+                msg = str(err["ctx"]["error"])
             out.append(f"{where}: {msg}")
         return out
     return []
+
+
+def manifest_errors(data: Any) -> list[str]:
+    """Why ``data`` is not a valid manifest, one line per problem ("splits.train.rows: ...")."""
+    return model_errors(Manifest, data)
 
 
 def shard_name(split: str, index: int, count: int, fmt: str = "parquet") -> str:
@@ -165,20 +205,50 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def loco_mixtures(root: str | Path) -> dict[str, Path]:
-    """The mixtures of a leave-one-cluster-out root, {held-out cluster: folder}; empty when
-    ``root`` is not one (its ``loco.json`` index is written last, like a manifest)."""
-    root = Path(root)
-    index = root / LOCO_INDEX
+def open_loco(root: str | Path) -> LocoIndex | None:
+    """The :class:`LocoIndex` of a leave-one-cluster-out root, or None when ``root`` is not one
+    (its ``loco.json`` is written last, like a manifest). A broken index is one located line."""
+    index = Path(root) / LOCO_INDEX
     if not index.is_file():
-        return {}
+        return None
+    where = Location(file=str(index))
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-        return {c: root / info["path"] for c, info in data["mixtures"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except json.JSONDecodeError as exc:
         raise MixtureError(
-            f"unreadable leave-one-cluster-out index: {exc}", location=Location(file=str(index))
+            f"unreadable leave-one-cluster-out index: {exc.msg} (column {exc.colno})",
+            location=where.with_(line=exc.lineno),
         ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MixtureError(
+            f"unreadable leave-one-cluster-out index: {exc}", location=where
+        ) from exc
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and version != FORMAT_VERSION:
+        raise MixtureError(
+            f"leave-one-cluster-out index format version {version!r} is not supported "
+            f"(expected {FORMAT_VERSION})",
+            location=where,
+            hint="recompile the mixtures with this version of flanmix",
+        )
+    errors = model_errors(LocoIndex, data)
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise MixtureError(
+            f"invalid leave-one-cluster-out index: {errors[0]}{more}",
+            location=where,
+            hint="recompile the leave-one-cluster-out spec",
+        )
+    return LocoIndex.model_validate(data)
+
+
+def loco_mixtures(root: str | Path) -> dict[str, Path]:
+    """The mixtures of a leave-one-cluster-out root, {held-out cluster: folder}; empty when
+    ``root`` is not one."""
+    index = open_loco(root)
+    if index is None:
+        return {}
+    return {cluster: Path(root) / entry.path for cluster, entry in index.mixtures.items()}
 
 
 @dataclass
@@ -239,7 +309,7 @@ class Mixture:
                 )
         return cls(path=path, manifest=manifest)
 
-    @property
+    @functools.cached_property
     def info(self) -> Manifest:
         """The manifest as a typed :class:`Manifest` (validated when the mixture was opened)."""
         return Manifest.model_validate(self.manifest)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CompileError, Location, MixtureError
-from .mixture import MANIFEST, Mixture
+from .mixture import MANIFEST, Manifest, Mixture
 
 #: Manifest keys the composition report reads.
 REPORT_KEYS = (
@@ -24,9 +24,10 @@ def composition_report(mixture_dir: str | Path) -> str:
     """The composition of a published mixture, from its manifest (rows per cluster, task, format ...)."""
     from .verify import manifest_problems
 
-    m = Mixture.open(mixture_dir).manifest
-    problems = manifest_problems(m)
-    missing = [k for k in REPORT_KEYS if not isinstance(m, dict) or k not in m]
+    mixture = Mixture.open(mixture_dir)
+    raw = mixture.manifest
+    problems = manifest_problems(raw)
+    missing = [k for k in REPORT_KEYS if not isinstance(raw, dict) or raw.get(k) is None]
     if problems or missing:
         raise MixtureError(
             "manifest.json is incomplete: "
@@ -34,44 +35,45 @@ def composition_report(mixture_dir: str | Path) -> str:
             location=Location(file=str(Path(mixture_dir) / MANIFEST)),
             hint="recompile the mixture; 'flanmix verify' lists what is wrong",
         )
+    m = mixture.info
     lines = [
-        f"mixture {m['name']}  (flanmix {m['flanmix_version']}, seed {m['seed']}, {m['file_format']})",
+        f"mixture {m.name}  (flanmix {m.flanmix_version}, seed {m.seed}, {m.file_format})",
     ]
-    if m.get("offline") or m.get("uses_samples"):
-        why = "offline" if m.get("offline") else "some sources unreachable"
+    if m.offline or m.uses_samples:
+        why = "offline" if m.offline else "some sources unreachable"
         lines.append(f"NOTE: rows come from the task files' samples ({why}), not the real datasets")
-    held = m["holdout"]
-    lines.append("held out: " + (", ".join(held["clusters"] or held["tasks"]) or "nothing"))
-    if held.get("removed_for_overlap"):
+    held = m.holdout  # not None: a REPORT_KEYS key
+    lines.append("held out: " + (", ".join(held.clusters or held.tasks) or "nothing"))
+    if held.removed_for_overlap:
         lines.append(
             "removed from training (overlap): "
-            + ", ".join(f"{t} ({g})" for t, g in held["removed_for_overlap"].items())
+            + ", ".join(f"{t} ({g})" for t, g in held.removed_for_overlap.items())
         )
-    if m.get("missing_tasks"):
+    if m.missing_tasks:
         lines.append(
-            f"skipped, no task file ({len(m['missing_tasks'])}): " + ", ".join(m["missing_tasks"])
+            f"skipped, no task file ({len(m.missing_tasks)}): " + ", ".join(m.missing_tasks)
         )
-    for key, why in m.get("skipped_tasks", {}).items():
+    for key, why in m.skipped_tasks.items():
         split, task = key.split(":", 1)
         lines.append(f"no {split} rows from {task}: {why}")
     for split in ("train", "eval"):
-        info = m["splits"].get(split)
-        if not info:
+        info = m.splits.get(split)
+        if info is None:
             continue
-        total = info["rows"] or 1
+        total = info.rows or 1
         lines.append("")
-        lines.append(f"{split}: {info['rows']} rows in {len(info['shards'])} shard(s)")
-        counts = m["counts"][split]
+        lines.append(f"{split}: {info.rows} rows in {len(info.shards)} shard(s)")
+        counts = m.counts[split]
         for key in ("cluster", "task", "format"):
             lines.append(f"  by {key}:")
             for name, n in sorted(counts[key].items(), key=lambda kv: (-kv[1], kv[0])):
                 lines.append(f"    {name:<34} {n:>9}  {100 * n / total:5.1f}%")
         lines.append(f"  templates: {len(counts['template'])}")
-        if m["dropped"].get(split):
+        if m.dropped.get(split):
             lines.append("  dropped:")
-            for reason, n in sorted(m["dropped"][split].items(), key=lambda kv: -kv[1]):
+            for reason, n in sorted(m.dropped[split].items(), key=lambda kv: -kv[1]):
                 lines.append(f"    {reason:<50} {n:>9}")
-        fallback = m.get("few_shot_fallback", {}).get(split)
+        fallback = m.few_shot_fallback.get(split)
         if fallback:  # few-shot asked, no exemplar fit max_length
             lines.append(
                 f"  few-shot examples written zero-shot (no exemplar, or none within max_length): "
@@ -80,14 +82,14 @@ def composition_report(mixture_dir: str | Path) -> str:
                 + ")"
             )
     lines.append("")
-    kinds = Counter(info["source"] for info in m["tasks"].values())
+    kinds = Counter(t.source for t in m.tasks.values())
     if len(kinds) == 1:
         ((source, n),) = kinds.items()
         lines.append(f"sources: {source} for all {n} tasks")
     else:
         lines.append("sources:")
-        for info in m["tasks"].values():
-            lines.append(f"  {info['role']:<5} {info['task']:<28} {info['source']}")
+        for t in m.tasks.values():
+            lines.append(f"  {t.role:<5} {t.task:<28} {t.source}")
     return "\n".join(lines)
 
 
@@ -101,19 +103,19 @@ def plot_composition(mixture_dir: str | Path, path: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise CompileError("plotting needs matplotlib", hint="pip install matplotlib") from exc
-    m = Mixture.open(mixture_dir).manifest
-    fig = composition_figure(m, plt)
+    fig = composition_figure(Mixture.open(mixture_dir).info, plt)
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def composition_figure(manifest: dict[str, Any], plt):
+def composition_figure(manifest: Manifest | dict[str, Any], plt):
     """One row of panels per split (train, eval): rows per cluster, per format and per task."""
-    splits = [s for s in ("train", "eval") if manifest["splits"].get(s, {}).get("rows")]
+    m = Manifest.of(manifest)
+    splits = [s for s in ("train", "eval") if s in m.splits and m.splits[s].rows]
     keys = ("cluster", "format", "task")
-    bars = [max(len(manifest["counts"][s].get(k, {})) for k in keys) for s in splits]
+    bars = [max(len(m.counts[s].get(k, {})) for k in keys) for s in splits]
     heights = [0.22 * n + 1.2 for n in bars]  # a bar's height is the same in every panel
     fig, axes = plt.subplots(
         len(splits),
@@ -123,9 +125,9 @@ def composition_figure(manifest: dict[str, Any], plt):
         gridspec_kw={"height_ratios": heights},
     )
     for row, split in zip(axes, splits, strict=True):
-        total = manifest["splits"][split]["rows"]
+        total = m.splits[split].rows
         for ax, key in zip(row, keys, strict=True):
-            items = sorted(manifest["counts"][split].get(key, {}).items(), key=lambda kv: kv[1])
+            items = sorted(m.counts[split].get(key, {}).items(), key=lambda kv: kv[1])
             drawn = ax.barh([k for k, _ in items], [v for _, v in items], height=0.7)
             ax.bar_label(drawn, labels=[f"{v:,}" for _, v in items], padding=2, fontsize=8)
             ax.set_title(f"{split}: rows per {key} ({total:,} rows)")
@@ -133,6 +135,6 @@ def composition_figure(manifest: dict[str, Any], plt):
             top = len(items) - 0.4  # bars from the top of the panel, largest first
             ax.set_ylim(top - max(len(items), bars[splits.index(split)]) - 0.2, top)
             ax.margins(x=0.15)  # room for the labels
-    fig.suptitle(manifest["name"])
+    fig.suptitle(m.name)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     return fig
