@@ -22,7 +22,6 @@ import bisect
 import math
 import mmap
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,20 +274,6 @@ def write_shard(batches: Iterable[pa.Table], path: str, file_format: str) -> int
     return n
 
 
-@contextmanager
-def _open_run(location: str) -> Iterator[tuple[pa.ipc.RecordBatchFileReader, mmap.mmap | None]]:
-    """A run's IPC reader: memory-mapped when local, with the map, so that the merge can drop the
-    pages it has copied from the process's memory (``MADV_DONTNEED``: a file's pages are read again
-    if touched); through fsspec otherwise (a batch read is a ranged read)."""
-    if storage.is_url(location):
-        with storage.open_input(location) as fh:
-            yield pa.ipc.open_file(pa.PythonFile(fh, mode="r")), None
-        return
-    with open(location, "rb") as fh:
-        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    yield pa.ipc.open_file(pa.py_buffer(mapped)), mapped  # closes with the last buffer using it
-
-
 def _cut(reader: pa.ipc.RecordBatchFileReader, b0: int, b1: int, lo: str, hi: str | None):
     """Batches ``b0:b1`` of a run, cut to the ids in ``[lo, hi)``."""
     table = pa.Table.from_batches([reader.get_batch(i) for i in range(b0, b1)], SCHEMA)
@@ -298,6 +283,47 @@ def _cut(reader: pa.ipc.RecordBatchFileReader, b0: int, b1: int, lo: str, hi: st
     return table.slice(start, max(0, stop - start))
 
 
+def _read_run(
+    location: str, b0: int, b1: int, lo: str, hi: str | None, *, mapped: bool
+) -> tuple[pa.Table, mmap.mmap | None]:
+    """The rows of batches ``b0:b1`` of a run with ids in ``[lo, hi)``.
+
+    ``mapped`` (local files): memory-mapped, with the map, so that the merge can drop the pages it
+    has copied from the process's memory (``MADV_DONTNEED``: a file's pages are read again if
+    touched). Otherwise the batches are read into memory and the file is closed at once: fsspec
+    URLs (a batch read is a ranged read), and local runs beyond the open-files budget (a map holds
+    a file descriptor)."""
+    if mapped and not storage.is_url(location):
+        with open(location, "rb") as fh:
+            whole = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        # the map closes with the last buffer using it
+        return _cut(pa.ipc.open_file(pa.py_buffer(whole)), b0, b1, lo, hi), whole
+    if storage.is_url(location):
+        with storage.open_input(location) as fh:
+            return _cut(pa.ipc.open_file(pa.PythonFile(fh, mode="r")), b0, b1, lo, hi), None
+    with pa.OSFile(location) as fh:
+        return _cut(pa.ipc.open_file(fh), b0, b1, lo, hi), None
+
+
+def _open_files_budget(want: int) -> int:
+    """How many runs a shard writer may keep mapped: the open-files limit (raised up to the hard
+    limit if ``want`` needs it), less a margin for everything else the process has open."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: no limit to raise
+        return want
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = want + 256
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raise_to = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raise_to, hard))
+            soft = raise_to
+        except (ValueError, OSError):
+            pass
+    return want if soft == resource.RLIM_INFINITY else max(0, soft - 256)
+
+
 def write_shard_job(_renderer: UnitRenderer, args: tuple) -> dict[str, Any]:
     """Merge one shard's slices of the sorted runs in ``example_id`` order into ``out_dir``, hash it.
 
@@ -305,34 +331,34 @@ def write_shard_job(_renderer: UnitRenderer, args: tuple) -> dict[str, Any]:
     format). Row groups are written as they are merged: the shard is never gathered whole.
     """
     split, index, count, runs_dir, slices, lo, hi, out_dir, file_format = args
-    with ExitStack() as stack:
-        parts, maps = [], []
-        for uid, b0, b1 in slices.tolist():
-            reader, mapped = stack.enter_context(_open_run(run_path(runs_dir, split, uid)))
-            part = _cut(reader, b0, b1, lo, hi)
-            if part.num_rows:
-                parts.append(part)
-                maps.append(mapped)
+    parts, maps = [], []
+    budget = _open_files_budget(len(slices)) if hasattr(mmap, "MADV_DONTNEED") else 0
+    for k, (uid, b0, b1) in enumerate(slices.tolist()):
+        where = run_path(runs_dir, split, uid)
+        part, mapped = _read_run(where, b0, b1, lo, hi, mapped=k < budget)
+        if part.num_rows:
+            parts.append(part)
+            maps.append(mapped)
 
-        def done(used: np.ndarray) -> None:
-            for p in used:
-                if maps[p] is not None:
-                    maps[p].madvise(mmap.MADV_DONTNEED)
+    def done(used: np.ndarray) -> None:
+        for p in used:
+            if maps[p] is not None:
+                maps[p].madvise(mmap.MADV_DONTNEED)
 
-        batches = merged(parts, done=done if hasattr(mmap, "MADV_DONTNEED") else None)
-        name = shard_name(split, index, count, file_format)
-        if storage.is_url(out_dir):  # written here, then copied to shared storage
-            import tempfile
+    batches = merged(parts, done=done if hasattr(mmap, "MADV_DONTNEED") else None)
+    name = shard_name(split, index, count, file_format)
+    if storage.is_url(out_dir):  # written here, then copied to shared storage
+        import tempfile
 
-            with tempfile.TemporaryDirectory(prefix="flanmix-shard-") as local:
-                path = Path(local) / name
-                rows = write_shard(batches, str(path), file_format)
-                entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-                storage.put(path, storage.join(out_dir, name))
-        else:
-            path = Path(out_dir) / name
+        with tempfile.TemporaryDirectory(prefix="flanmix-shard-") as local:
+            path = Path(local) / name
             rows = write_shard(batches, str(path), file_format)
             entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        del parts, batches, done  # the maps close with the last table using them
+            storage.put(path, storage.join(out_dir, name))
+    else:
+        path = Path(out_dir) / name
+        rows = write_shard(batches, str(path), file_format)
+        entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    del parts, batches, done  # the maps close with the last table using them
     _give_back_memory()
     return {"file": name, "rows": rows, **entry}

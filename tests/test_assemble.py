@@ -125,11 +125,13 @@ def test_shard_count_by_rows_and_bytes():
     assert assemble.shard_count(250, 10_001, 100, 1000) == 11  # by bytes
 
 
-@pytest.mark.parametrize("n", [1, 3, 7])
-def test_shards_take_equal_id_ranges_cut_from_sorted_runs(tmp_path, monkeypatch, n):
+@pytest.mark.parametrize("n, mapped", [(1, 9), (3, 9), (7, 9), (3, 1)])
+def test_shards_take_equal_id_ranges_cut_from_sorted_runs(tmp_path, monkeypatch, n, mapped):
     """Runs written in small batches; every shard reads the batches its range touches, cuts them
-    exactly, and the shards in order are the whole sorted set of rows."""
+    exactly, and the shards in order are the whole sorted set of rows (also with runs read into
+    memory instead of mapped, past the open-files budget)."""
     monkeypatch.setattr(assemble, "RUN_BATCH", 4)
+    monkeypatch.setattr(assemble, "_open_files_budget", lambda want: mapped)
     ranges = assemble.shard_ranges(n)
     assert ranges[0][0] == "0" * 16 and ranges[-1][1] is None
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # contiguous
