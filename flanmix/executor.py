@@ -181,8 +181,9 @@ class LocalExecutor:
     """
 
     name = "local"
-    #: What a warm worker imports before its first job.
-    WARM_MODULES = ("flanmix.assemble",)
+    #: What a warm worker imports before its first job (pyarrow imports pandas on its first
+    #: conversion of Python objects, when pandas is installed).
+    WARM_MODULES = ("flanmix.assemble", "pandas")
 
     def __init__(self, workers: int | None = None, scratch: str | None = None):
         self.workers = workers
