@@ -34,7 +34,7 @@ from .mixture import SCHEMA, sha256_file, shard_name
 from .rows import UnitRenderer, WorkerContext
 
 ROW_GROUP = 10_000  # rows per row group of a shard, at most
-ROW_GROUP_BYTES = 64 * 2**20  # text per row group, at most (long rows make smaller groups)
+ROW_GROUP_BYTES = 32 * 2**20  # text per row group, at most (long rows make smaller groups)
 RUN_BATCH = 1_024  # rows per record batch of a run: what a shard reads of the runs it overlaps
 ID_SPACE = 1 << 64
 
