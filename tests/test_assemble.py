@@ -176,6 +176,7 @@ def test_compile_sizes_shards_by_text_bytes(tmp_path):
 
     from flanmix.catalog import load_catalog
     from flanmix.compile import compile_mixture
+    from flanmix.errors import CompileError
     from flanmix.mixture import Mixture
     from tests.test_mix import FIXTURE, make_spec, write_sources
 
@@ -200,6 +201,10 @@ def test_compile_sizes_shards_by_text_bytes(tmp_path):
     forced = spec.model_copy(update={"output": spec.output.model_copy(update={"shards": 2})})
     again = compile_mixture(forced, tmp_path / "two", **kw)
     assert len(again["splits"]["train"]["shards"]) == 2
+    tiny = spec.model_copy(update={"output": spec.output.model_copy(update={"shard_bytes": 1})})
+    with pytest.raises(CompileError, match=r"train shards for [\d,]+ rows; the limit is 10,000"):
+        compile_mixture(tiny, tmp_path / "tiny", **kw)  # counted after rendering
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_units_hold_about_the_same_text_whatever_the_row_shape():
