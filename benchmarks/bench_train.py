@@ -53,7 +53,9 @@ def flanmix_run(model_dir: Path, mixture: Path, out: Path, args, packing: bool =
         progress=False,
         seed=args.seed,
     )
-    train(cfg)
+    summary = train(cfg)
+    if packing and out.name.endswith("-0"):  # what packing chose (the same in every round)
+        print(summary["packing"]["summary"], flush=True)
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     return sum(r["tokens"] for r in log) / sum(r["seconds"] for r in log)
 

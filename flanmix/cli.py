@@ -312,6 +312,8 @@ def _run_train(args) -> int:
         verify=False if args.no_verify else None,
     )
     summary = train(cfg)
+    if summary.get("packing"):
+        print(summary["packing"]["summary"])
     print(
         f"trained {summary['steps']} steps: loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, "
         f"{summary['tokens_per_s']:,.0f} tokens/s\nmodel: {summary['model_dir']}\nmetrics: {summary['metrics']}"

@@ -48,6 +48,7 @@ class TrainConfig(_Config):
     max_steps: int = 50
     max_examples: int = 0  # use only the first N training rows (0: all)
     packing: bool = False
+    pack_width: int = 0  # packing: longest packed row in tokens (0: chosen per run, see train.py)
     group_by_length: bool = True  # unpacked: batch examples of similar length (less padding)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio

@@ -12,10 +12,14 @@ torch = pytest.importorskip("torch")
 from flanmix.errors import FlanmixError  # noqa: E402
 from flanmix.train import (  # noqa: E402
     TrainConfig,
+    attention_per_key,
+    choose_pack_width,
     collate,
     load_config,
     lr_factor,
     micro_batches,
+    pack_rows,
+    pack_widths,
     target_loss_sum,
     train,
 )
@@ -123,21 +127,100 @@ def test_packing_keeps_examples_apart():
     assert packed == pytest.approx(alone, rel=1e-5)
 
 
-def test_packed_rows_fit_seq_len_and_use_every_example():
-    examples = [([1] * n, [2] * 2) for n in (3, 5, 8, 2, 9, 4, 6, 1)]
-    cfg = TrainConfig(packing=True, seq_len=12, batch_size=1)
-    gen = micro_batches(examples, cfg)
-    rows = [next(gen)[0] for _ in range(6)]
-    first_epoch, used = [], 0
-    for row in rows:
-        first_epoch += row
-        used += 1
-        if sorted(first_epoch) == list(range(8)):
-            break
-    assert sorted(first_epoch) == list(range(8))  # every example exactly once per epoch
-    assert all(
-        sum(len(examples[i][0]) + len(examples[i][1]) for i in row) <= 12 for row in rows[:used]
+def test_packed_rows_fit_their_width_and_use_every_example_once_per_epoch():
+    sizes = [3, 5, 8, 2, 9, 4, 6, 1, 12, 7, 2, 2]
+    examples = [([1] * (n - 1), [2]) for n in sizes]
+    for width in (0, 6, 12):
+        rows = pack_rows(list(range(len(sizes))), sizes, width)
+        assert sorted(i for row in rows for i in row) == list(range(len(sizes)))
+        assert all(sum(sizes[i] for i in row) <= max(width, 1) or len(row) == 1 for row in rows)
+        assert width or all(len(row) == 1 for row in rows)
+    assert pack_rows([0, 1, 2, 3], [5, 3, 8, 2], 10) == [[2, 3], [0, 1]]  # best fit, longest first
+    cfg = TrainConfig(packing=True, seq_len=12, batch_size=2)
+    gen = micro_batches(examples, cfg, width=12)
+    epoch = []
+    while sorted(epoch) != list(range(len(sizes))):
+        batch = next(gen)
+        width = max(sum(sizes[i] for i in row) for row in batch)
+        assert width <= 12 and len(batch) * width <= 2 * 12  # batch_size x seq_len tokens
+        epoch += [i for row in batch for i in row]
+        assert len(epoch) == len(set(epoch))  # every example exactly once per epoch
+
+
+def test_packing_chooses_the_cheapest_row_width():
+    """Equal lengths leave nothing for packing to remove: one example per row (no attention across
+    a wider row); a long example among short ones would pad the short ones' rows: packed."""
+    attention = 1 / 512  # the 64-wide tiny Llama
+    even = [([1] * 39, [2]) for _ in range(200)]
+    plan = choose_pack_width(even, TrainConfig(packing=True, seq_len=256), attention)
+    assert plan["width"] == 0 and plan["padding"] == 0 and plan["chosen"] == "cost"
+    assert min(plan["relative_cost"].values()) == plan["relative_cost"][0] == 1
+    skewed = [([1] * 199, [2])] + [([1] * 4, [2])] * 40
+    cfg = TrainConfig(packing=True, seq_len=256, batch_size=4)
+    plan = choose_pack_width(skewed, cfg, attention)
+    assert plan["width"] > 0 and plan["relative_cost"][0] > 1.2
+    fixed = choose_pack_width(skewed, TrainConfig(packing=True, seq_len=256, pack_width=64), 0.1)
+    assert (fixed["width"], fixed["chosen"], list(fixed["relative_cost"])) == (
+        64,
+        "pack_width",
+        [64],
     )
+    assert pack_widths(512) == [0, 64, 128, 192, 256, 384, 512]
+
+
+def test_attention_cost_per_key_of_the_tiny_llama():
+    from flanmix.models import build_tiny
+
+    tiny = build_tiny(["some text"] * 4, hidden_size=64, intermediate_size=256, vocab_size=300)
+    # q, k, v, o (4 x 64 x 64) and the MLP (3 x 64 x 256) per layer: 4 x 64 / (2 x 65536)
+    assert attention_per_key(tiny.model) == 1 / 512
+
+
+def test_packed_batches_give_the_loss_and_gradients_of_unpacked_ones():
+    """Whatever rows packing builds, the summed loss and every gradient equal those of the same
+    examples in an unpacked (padded) batch: packed examples never attend to each other."""
+    from flanmix.models import build_tiny
+
+    model = build_tiny(
+        ["some text to train a tokenizer on"] * 4,
+        hidden_size=32,
+        intermediate_size=64,
+        vocab_size=300,
+        seed=1,
+    ).model.train()
+    vocab, gen = model.config.vocab_size, torch.Generator().manual_seed(0)
+    examples = [
+        (
+            [1] + torch.randint(3, vocab, (int(n),), generator=gen).tolist(),
+            torch.randint(3, vocab, (int(m),), generator=gen).tolist() + [2],
+        )
+        for n, m in torch.randint(1, 20, (24, 2), generator=gen).tolist()
+    ]
+    cfg = TrainConfig(packing=True, seq_len=48, batch_size=4)
+    batches = micro_batches(examples, cfg, width=48)
+    checked = 0
+    while checked < 2:
+        rows = next(batches)
+        if all(len(row) == 1 for row in rows):
+            continue
+        checked += 1
+        grads = []
+        for packing, layout in ((True, rows), (False, [[i] for row in rows for i in row])):
+            model.zero_grad()
+            batch, seen, targets = collate(layout, examples, "causal", 0, packing)
+            assert ("position_ids" in batch) == packing
+            loss = target_loss_sum(model, batch, "causal")
+            loss.backward()
+            grads.append((float(loss.detach()), seen, targets, [p.grad.clone() for p in model.parameters()]))
+        (packed, *p_counts, p_grads), (alone, *u_counts, u_grads) = grads
+        assert packed == pytest.approx(alone, rel=1e-5) and p_counts == u_counts
+        for a, b in zip(p_grads, u_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_packing_with_one_example_per_row_takes_the_plain_padding_mask():
+    batch, seen, _ = collate([[0], [1]], EXAMPLES, "causal", 0, packing=True)
+    assert "position_ids" not in batch and batch["attention_mask"].tolist()[1] == [1] * 4 + [0] * 3
 
 
 def test_training_lowers_the_loss_and_writes_its_outputs(mixture, tmp_path):
