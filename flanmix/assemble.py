@@ -38,6 +38,10 @@ ROW_GROUP = 10_000  # rows per row group of a shard, at most
 ROW_GROUP_BYTES = 32 * 2**20  # text per row group, at most (long rows make smaller groups)
 RUN_BATCH = 1_024  # rows per record batch of a run: what a shard reads of the runs it overlaps
 ID_SPACE = 1 << 64
+#: a shard writer copies the slices of runs up to this size into its memory (up to COPY_BUDGET
+#: in all) instead of keeping their runs mapped; larger slices are read from the maps
+SMALL_SLICE = 1 << 20
+COPY_BUDGET = 128 << 20
 
 
 @dataclass(frozen=True)
@@ -352,9 +356,16 @@ def write_shard_job(_renderer: UnitRenderer, args: tuple) -> dict[str, Any]:
     split, index, count, runs_dir, slices, lo, hi, out_dir, file_format = args
     parts, maps = [], []
     budget = _open_files_budget(len(slices)) if hasattr(mmap, "MADV_DONTNEED") else 0
+    copied = 0
     for k, (uid, b0, b1) in enumerate(slices.tolist()):
         where = run_path(runs_dir, split, uid)
         part, mapped = _read_run(where, b0, b1, lo, hi, mapped=k < budget)
+        size = part.nbytes
+        if mapped is not None and size <= SMALL_SLICE and copied + size <= COPY_BUDGET:
+            # a small slice is copied and its map closed: every page the merge touches in a map
+            # brings its neighbours along (fault-around), ~0.2 MiB a run for a few rows each
+            part, mapped = part.take(np.arange(part.num_rows)), None
+            copied += size
         if part.num_rows:
             parts.append(part)
             maps.append(mapped)

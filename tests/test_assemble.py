@@ -125,13 +125,16 @@ def test_shard_count_by_rows_and_bytes():
     assert assemble.shard_count(250, 10_001, 100, 1000) == 11  # by bytes
 
 
-@pytest.mark.parametrize("n, mapped", [(1, 9), (3, 9), (7, 9), (3, 1)])
-def test_shards_take_equal_id_ranges_cut_from_sorted_runs(tmp_path, monkeypatch, n, mapped):
+@pytest.mark.parametrize(
+    "n, mapped, small", [(1, 9, 0), (3, 9, 0), (7, 9, 0), (3, 1, 0), (3, 9, 1)]
+)
+def test_shards_take_equal_id_ranges_cut_from_sorted_runs(tmp_path, monkeypatch, n, mapped, small):
     """Runs written in small batches; every shard reads the batches its range touches, cuts them
-    exactly, and the shards in order are the whole sorted set of rows (also with runs read into
-    memory instead of mapped, past the open-files budget)."""
+    exactly, and the shards in order are the whole sorted set of rows: merged from the maps, with
+    runs read into memory past the open-files budget, or with small slices copied."""
     monkeypatch.setattr(assemble, "RUN_BATCH", 4)
     monkeypatch.setattr(assemble, "_open_files_budget", lambda want: mapped)
+    monkeypatch.setattr(assemble, "SMALL_SLICE", small << 20)
     ranges = assemble.shard_ranges(n)
     assert ranges[0][0] == "0" * 16 and ranges[-1][1] is None
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))  # contiguous
