@@ -10,8 +10,9 @@ unit is rendered the compile knows each split's rows and text bytes, and fixes t
 (:func:`shard_count`); shard ``s`` of ``n`` takes the ids in ``[s * 2**64 / n, (s + 1) * 2**64 / n)``
 (:func:`shard_ranges`; the ids are uniform hashes, so shards are even), which is a contiguous slice
 of every run. The shard writer reads only the batches of each run that its range touches
-(:func:`run_slices` picks them from the batches' first ids), cuts the slices by binary search and
-merges them in id order, a row group at a time. Nothing depends on the number of workers or the
+(:func:`run_slices` picks them from the batches' first ids), cuts the slices by binary search
+(small ones are copied, large ones stay memory-mapped) and merges them in id order, a row group
+at a time. Nothing depends on the number of workers or the
 executor. Runs and shards go through :mod:`flanmix.storage`, so on a cluster they can live on
 shared storage (``executor.scratch``).
 """
@@ -46,7 +47,8 @@ COPY_BUDGET = 128 << 20
 
 @dataclass(frozen=True)
 class Run:
-    """One rendered unit's rows, sorted by ``example_id``, in an Arrow IPC file at ``path``."""
+    """One rendered unit's rows, sorted by ``example_id``, in the Arrow IPC file at
+    :func:`run_path`; what the compile needs to count and cut shards without reading it."""
 
     uid: int
     split: str
