@@ -240,7 +240,6 @@ def _compile_one(job: CompileJob, out: Path, *, overwrite: bool) -> dict[str, An
         plan_tasks=plan.tasks,
         task_files=plan.task_files,
         template_lines=_template_lines(catalog, names),
-        shards=plan.shards,
         tokenizer=plan.tokenizer,
     )
     with staging(out) as tmp:

@@ -85,7 +85,6 @@ class WorkerContext:
     plan_tasks: dict[str, TaskPlan]
     task_files: dict[str, str]
     template_lines: dict[tuple[str, str], int | None]
-    shards: dict[str, int]
     tokenizer: str | None = None  # formats.max_length in tokens: the tokenizer's path
 
 
