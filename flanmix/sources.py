@@ -298,6 +298,14 @@ def _open_files(task: Task, split: str, fmt: str, paths: list[Path], loc: Locati
 # ----------------------------------------------------------------------------- reading (in workers)
 
 
+def _rows_at(table: pa.Table, rows: np.ndarray) -> list[dict[str, Any]]:
+    """``table``'s rows at ``rows`` as dicts; a run of consecutive rows (a full pass over a
+    source) is sliced, not copied."""
+    if len(rows) and (len(rows) == 1 or bool(np.all(np.diff(rows) == 1))):
+        return table.slice(int(rows[0]), len(rows)).to_pylist()
+    return table.take(pa.array(rows)).to_pylist()
+
+
 class SourceReader:
     """Reads rows by sorted index from a :class:`SourceHandle` without loading the whole source."""
 
@@ -337,7 +345,7 @@ class SourceReader:
         if h.start:
             indices = indices + h.start
         if self._table is not None:
-            return self._table.take(pa.array(indices)).to_pylist()
+            return _rows_at(self._table, indices)
         out: list[dict[str, Any]] = []
         base = 0
         idx = indices
@@ -348,6 +356,6 @@ class SourceReader:
                 first = int(np.searchsorted(offsets, mine[0], side="right")) - 1
                 last = int(np.searchsorted(offsets, mine[-1], side="right")) - 1
                 table = pf.read_row_groups(list(range(first, last + 1)))
-                out.extend(table.take(pa.array(mine - offsets[first])).to_pylist())
+                out.extend(_rows_at(table, mine - offsets[first]))
             base += n
         return out

@@ -44,9 +44,11 @@ def open_output(location: str) -> IO[bytes]:
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(path, "wb") as fh:
             yield fh
-    else:
+    else:  # Arrow's own file: its writers then write without going through Python
+        import pyarrow as pa
+
         Path(location).parent.mkdir(parents=True, exist_ok=True)
-        with open(location, "wb") as fh:
+        with pa.OSFile(location, "wb") as fh:
             yield fh
 
 
