@@ -32,8 +32,9 @@ Choices that change results, stated once:
   on the 2-core CPU to within 5%). The choice and every candidate's relative cost are in
   ``summary.json`` (``packing``) and printed by ``flanmix train``. Measured (CPU seconds per real
   token, one thread, real micro-batches of ``mixtures/small_offline.yaml``): length-grouped
-  unpacked batches already leave only 1.5-3.5% padding, rows of ``seq_len`` cost 0.70-0.81x their
-  throughput, the chosen widths (64 for the tiny model, 128 at 4.7M parameters) 1.07-1.14x.
+  unpacked batches already leave only 1.4-3.4% padding; packed rows of ``seq_len`` ran at
+  0.70-0.81x their throughput, the chosen widths (64 for the tiny model, 128 at 4.7M parameters)
+  at 1.07-1.14x (the larger micro-batches spread the per-step overhead over more tokens).
 - **Determinism.** One seed drives python, numpy and torch, the tiny model's initial weights and the
   data order (epoch ``e`` is shuffled with ``seed + e``). Checkpoints hold the optimizer, the
   schedule, the step and every RNG state, and the data order is a pure function of (seed, step), so

@@ -211,7 +211,9 @@ def test_packed_batches_give_the_loss_and_gradients_of_unpacked_ones():
             assert ("position_ids" in batch) == packing
             loss = target_loss_sum(model, batch, "causal")
             loss.backward()
-            grads.append((float(loss.detach()), seen, targets, [p.grad.clone() for p in model.parameters()]))
+            grads.append(
+                (float(loss.detach()), seen, targets, [p.grad.clone() for p in model.parameters()])
+            )
         (packed, *p_counts, p_grads), (alone, *u_counts, u_grads) = grads
         assert packed == pytest.approx(alone, rel=1e-5) and p_counts == u_counts
         for a, b in zip(p_grads, u_grads, strict=True):
