@@ -22,6 +22,7 @@ import importlib
 import multiprocessing as mp
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -169,14 +170,42 @@ class _Pool:
             yield _unwrap(result)
 
 
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def _start_method():
+    """How worker processes start: ``FLANMIX_START_METHOD`` if set; else ``fork`` on Linux when
+    this process runs no other thread than its own and flanmix's render watchdog (a forked worker
+    has the compiler already imported: no second of imports per worker, which is most of a small
+    compile); else ``spawn`` (a fresh interpreter: safe with any threads, on any platform)."""
+    import threading
+
+    method = os.environ.get("FLANMIX_START_METHOD", "").strip().lower()
+    if method and method not in START_METHODS:
+        raise CompileError(
+            f"FLANMIX_START_METHOD={method!r} is not one of {', '.join(START_METHODS)}",
+            hint="unset it, or set fork, spawn or forkserver",
+        )
+    if not method:
+        others = [
+            t
+            for t in threading.enumerate()
+            if t is not threading.main_thread() and t.name != "flanmix-render-watchdog"
+        ]
+        forkable = sys.platform == "linux" and "fork" in mp.get_all_start_methods()
+        method = "fork" if forkable and not others else "spawn"
+    return mp.get_context(method)
+
+
 class LocalExecutor:
-    """Spawned worker processes on this machine: ``workers`` (default: every core), never more than
-    the cores or the jobs; one worker runs in the calling process. Workers die with the caller
+    """Worker processes on this machine (forked or spawned: :func:`_start_method`): ``workers``
+    (default: every core), never more than the cores or the jobs; one worker runs in the calling
+    process. Workers die with the caller
     (Linux), and are stopped when the run ends, fails, or is interrupted (Ctrl-C, SIGTERM).
 
-    The processes are spawned when the executor is entered, before the compile plans: they import
-    the compiler (about half a second each) while the caller reads the catalog and checks the
-    sources. Each run (:meth:`start`) then hands them its context through one pickled file, so a
+    The processes start when the executor is entered, before the compile plans: spawned ones
+    import the compiler (about half a second each) while the caller reads the catalog and checks
+    the sources. Each run (:meth:`start`) then hands them its context through one pickled file, so a
     leave-one-cluster-out compile reuses the same processes for every mixture.
     """
 
@@ -194,7 +223,7 @@ class LocalExecutor:
     def __enter__(self) -> LocalExecutor:
         size = self.count(1 << 30)
         if size > 1:
-            self._pool = mp.get_context("spawn").Pool(
+            self._pool = _start_method().Pool(
                 size, initializer=_local_warm, initargs=(self.WARM_MODULES,)
             )
             self._size = size
@@ -221,7 +250,7 @@ class LocalExecutor:
             return
         own = self._pool is None  # start() without entering the executor: a pool for this run
         if own:
-            self._pool = mp.get_context("spawn").Pool(
+            self._pool = _start_method().Pool(
                 n, initializer=_local_warm, initargs=(self.WARM_MODULES,)
             )
             self._size = n

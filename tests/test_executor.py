@@ -52,3 +52,43 @@ def test_one_worker_runs_in_this_process_without_a_pool():
         assert ex._pool is None
         with ex.start(_setup, "solo", max_jobs=4) as w:
             assert [r[1] for r in w.map(_job, [1, 2])] == [os.getpid()] * 2
+
+
+def test_start_method_forks_on_linux_unless_told_otherwise(monkeypatch):
+    import sys
+
+    from flanmix.executor import _start_method
+
+    monkeypatch.delenv("FLANMIX_START_METHOD", raising=False)
+    want = "fork" if sys.platform == "linux" else "spawn"
+    assert _start_method().get_start_method() == want
+    monkeypatch.setenv("FLANMIX_START_METHOD", "spawn")
+    assert _start_method().get_start_method() == "spawn"
+    monkeypatch.setenv("FLANMIX_START_METHOD", "threads")
+    with pytest.raises(CompileError, match="FLANMIX_START_METHOD"):
+        _start_method()
+
+
+def test_another_thread_in_the_caller_means_spawn(monkeypatch):
+    import threading
+
+    from flanmix.executor import _start_method
+
+    monkeypatch.delenv("FLANMIX_START_METHOD", raising=False)
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, name="someone-elses-thread", daemon=True)
+    t.start()
+    try:
+        assert _start_method().get_start_method() == "spawn"
+    finally:
+        stop.set()
+        t.join()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two workers")
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_forked_and_spawned_workers_give_the_same_results(monkeypatch, method):
+    monkeypatch.setenv("FLANMIX_START_METHOD", method)
+    with LocalExecutor(workers=2) as ex, ex.start(_setup, method, max_jobs=4) as w:
+        got = list(w.map(_job, range(6)))
+    assert [(r[0], r[2]) for r in got] == [(method, x * 2) for x in range(6)]
