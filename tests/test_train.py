@@ -15,6 +15,7 @@ from flanmix.train import (  # noqa: E402
     attention_per_key,
     choose_pack_width,
     collate,
+    describe_packing,
     load_config,
     lr_factor,
     micro_batches,
@@ -154,6 +155,7 @@ def test_packing_chooses_the_cheapest_row_width():
     even = [([1] * 39, [2]) for _ in range(200)]
     plan = choose_pack_width(even, TrainConfig(packing=True, seq_len=256), attention)
     assert plan["width"] == 0 and plan["padding"] == 0 and plan["chosen"] == "cost"
+    assert "one example per row" in describe_packing(plan, TrainConfig(packing=True, seq_len=256))
     assert min(plan["relative_cost"].values()) == plan["relative_cost"][0] == 1
     skewed = [([1] * 199, [2])] + [([1] * 4, [2])] * 40
     cfg = TrainConfig(packing=True, seq_len=256, batch_size=4)
@@ -292,6 +294,21 @@ def test_resume_continues_the_same_loss_curve(mixture, tmp_path):
     assert [r["step"] for r in resumed] == list(range(1, 9))
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
     assert resumed[-1]["eval_loss"] == full[-1]["eval_loss"]
+
+
+def test_packed_resume_continues_the_same_loss_curve(mixture, tmp_path):
+    """Packing's row width is chosen again on resume from the same data and model: same batches."""
+    packed = ["packing=true", "seq_len=96", "batch_size=2", "save_every=3"]
+    summary, full = run(mixture, tmp_path / "full", "max_steps=6", *packed)
+    assert summary["packing"]["width"] in summary["packing"]["relative_cost"]
+    _, resumed = run(
+        mixture,
+        tmp_path / "full",
+        "max_steps=6",
+        *packed,
+        resume=str(tmp_path / "full/checkpoints/step-000003"),
+    )
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
 
 
 def test_resume_without_checkpoint_is_an_error(mixture, tmp_path):
