@@ -314,6 +314,7 @@ class SourceReader:
         self._table: pa.Table | None = None
         self._files: list[Any] = []
         self._offsets: list[int] = []
+        self._kept: tuple[tuple[int, int, int], pa.Table] | None = None
         if handle.kind == "arrow":
             tables = []
             for f in handle.files:
@@ -332,6 +333,20 @@ class SourceReader:
                 for i in range(pf.metadata.num_row_groups):
                     offsets.append(offsets[-1] + pf.metadata.row_group(i).num_rows)
                 self._files.append((pf, offsets))
+
+    #: The last row groups read are kept for the next unit when they are at most this big: units
+    #: of few-shot rows are a fifth of a 10k-row group, and consecutive units read the same one.
+    KEEP_BYTES = 64 * 2**20
+
+    def _row_groups(self, pf: Any, first: int, last: int) -> pa.Table:
+        key = (id(pf), first, last)
+        if self._kept is not None and self._kept[0] == key:
+            return self._kept[1]
+        self._kept = None  # dropped before the next read: one set of row groups at a time
+        table = pf.read_row_groups(list(range(first, last + 1)))
+        if table.nbytes <= self.KEEP_BYTES:
+            self._kept = (key, table)
+        return table
 
     def read(self, indices: np.ndarray) -> list[dict[str, Any]]:
         """Rows at ``indices`` (sorted ascending), as dicts."""
@@ -355,7 +370,6 @@ class SourceReader:
             if len(mine):
                 first = int(np.searchsorted(offsets, mine[0], side="right")) - 1
                 last = int(np.searchsorted(offsets, mine[-1], side="right")) - 1
-                table = pf.read_row_groups(list(range(first, last + 1)))
-                out.extend(_rows_at(table, mine - offsets[first]))
+                out.extend(_rows_at(self._row_groups(pf, first, last), mine - offsets[first]))
             base += n
         return out
