@@ -125,7 +125,13 @@ _STATE_FROM: str | None = None  # the context file the state was built from
 
 
 def _local_warm(modules: tuple[str, ...]) -> None:
-    """A pool worker's start: imports what the jobs will need, while the caller plans."""
+    """A pool worker's start: the signal handlers a fresh Python has (a forked worker inherits the
+    caller's: the command line's SIGTERM handler would keep it alive when the pool stops it),
+    then imports what the jobs will need, while the caller plans."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _die_with_parent()
     for name in modules:
         with contextlib.suppress(ImportError):  # the job reports it, located

@@ -92,3 +92,32 @@ def test_forked_and_spawned_workers_give_the_same_results(monkeypatch, method):
     with LocalExecutor(workers=2) as ex, ex.start(_setup, method, max_jobs=4) as w:
         got = list(w.map(_job, range(6)))
     assert [(r[0], r[2]) for r in got] == [(method, x * 2) for x in range(6)]
+
+
+def _signals(_state, _job):
+    import signal
+
+    return (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+    )
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two workers")
+def test_forked_workers_do_not_keep_the_callers_sigterm_handler(monkeypatch):
+    """The command line turns SIGTERM into an unwinding exception; a forked worker that kept that
+    handler could survive the pool's SIGTERM and hang the compile at its end."""
+    import signal
+
+    monkeypatch.setenv("FLANMIX_START_METHOD", "fork")
+
+    def unwind(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        with LocalExecutor(workers=2) as ex, ex.start(_setup, "sig", max_jobs=2) as w:
+            got = list(w.map(_signals, [0, 1]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert got == [(True, True), (True, True)]
