@@ -229,6 +229,10 @@ class CompiledTemplate:
         self._static_list = list(self._static_choices) if self._static_choices is not None else None
         # plain parts (text and simple outputs) render without Jinja: see plain_renderer
         self._plain = (plain_renderer(self.template.input), plain_renderer(self.template.target))
+        self._parts = (
+            ("input", self._plain[0], self._input),
+            ("target", self._plain[1], self._target),
+        )
         if self._static_choices is not None and (
             len(self._static_choices) < 2 or not all(self._static_choices)
         ):
@@ -268,7 +272,6 @@ class CompiledTemplate:
     @timed
     def render(self, row: Mapping[str, Any], seed: int = 0) -> Rendered | Skip:
         """Render one row. Raises :class:`TemplateError` on a template bug; returns Skip for bad rows."""
-        plain_in, plain_out = self._plain
         token = None
         context = None
         part = ANSWER_CHOICES
@@ -287,25 +290,19 @@ class CompiledTemplate:
                     if len(choices) < 2 or not all(choices):
                         return Skip("fewer than two non-empty answer choices")
                     ac = context[ANSWER_CHOICES] = list(choices)
-            # each part: its plain function (the same text, or None), else Jinja
-            part = "input"
-            text_in = plain_in(row, ac) if plain_in is not None else None
-            if text_in is None:
-                if context is None:
-                    token = _EXAMPLE_SEED.set(seed)
-                    context = {**GLOBALS_SNAPSHOT, **row}
-                    if ac is not _MISSING:
-                        context[ANSWER_CHOICES] = ac
-                text_in = _render(self._input, context)
-            part = "target"
-            text_out = plain_out(row, ac) if plain_out is not None else None
-            if text_out is None:
-                if context is None:
-                    token = _EXAMPLE_SEED.set(seed)
-                    context = {**GLOBALS_SNAPSHOT, **row}
-                    if ac is not _MISSING:
-                        context[ANSWER_CHOICES] = ac
-                text_out = _render(self._target, context)
+            # each part in turn: its plain function (the same text, or None), else Jinja
+            texts = []
+            for part, plain, tmpl in self._parts:  # noqa: B007 - the except names the part
+                text = plain(row, ac) if plain is not None else None
+                if text is None:
+                    if context is None:
+                        token = _EXAMPLE_SEED.set(seed)
+                        context = {**GLOBALS_SNAPSHOT, **row}
+                        if ac is not _MISSING:
+                            context[ANSWER_CHOICES] = ac
+                    text = _render(tmpl, context)
+                texts.append(text)
+            text_in, text_out = texts
         except SkipRow as skip:
             return Skip(skip.reason)
         except TemplateError:
