@@ -59,7 +59,11 @@ def test_start_method_forks_on_linux_unless_told_otherwise(monkeypatch):
 
     from flanmix.executor import _start_method
 
+    import threading
+
     monkeypatch.delenv("FLANMIX_START_METHOD", raising=False)
+    # this test process may hold other libraries' threads (Ray, tqdm): only the main one here
+    monkeypatch.setattr(threading, "enumerate", lambda: [threading.main_thread()])
     want = "fork" if sys.platform == "linux" else "spawn"
     assert _start_method().get_start_method() == want
     monkeypatch.setenv("FLANMIX_START_METHOD", "spawn")
