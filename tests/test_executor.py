@@ -56,10 +56,9 @@ def test_one_worker_runs_in_this_process_without_a_pool():
 
 def test_start_method_forks_on_linux_unless_told_otherwise(monkeypatch):
     import sys
+    import threading
 
     from flanmix.executor import _start_method
-
-    import threading
 
     monkeypatch.delenv("FLANMIX_START_METHOD", raising=False)
     # this test process may hold other libraries' threads (Ray, tqdm): only the main one here
