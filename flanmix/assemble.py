@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from . import storage
 from .mixture import SCHEMA, sha256_file, shard_name
-from .rows import UnitRenderer, WorkerContext
+from .rows import UnitRenderer, WorkerContext, sorted_table
 
 ROW_GROUP = 10_000  # rows per row group of a shard, at most
 ROW_GROUP_BYTES = 32 * 2**20  # text per row group, at most (long rows make smaller groups)
@@ -63,26 +63,18 @@ def init_worker(ctx: WorkerContext) -> UnitRenderer:
 
 
 def _as_sorted_table(rendered: pa.Table | dict[str, list]) -> pa.Table:
-    """A unit's rows as one table in ``example_id`` order (ties in render order).
-
-    Columns given as lists are ordered as lists (moving references, not text) and converted one
-    at a time, each list dropped once converted: the text is held about once, not twice.
-    """
+    """A unit's rows as one table in ``example_id`` order (ties in render order): a table is
+    checked (the renderer's are sorted already), columns given as lists go through
+    :func:`flanmix.rows.sorted_table`."""
     import pyarrow.compute as pc
 
-    if isinstance(rendered, pa.Table):
-        table = rendered if rendered.schema == SCHEMA else rendered.cast(SCHEMA)
-        ids = table.column("example_id")
-        if len(ids) > 1 and not pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py():
-            table = table.take(pc.sort_indices(ids))  # stable
-        return table
-    order = pc.sort_indices(pa.array(rendered["example_id"], pa.string())).to_numpy().tolist()
-    arrays = []
-    for field in SCHEMA:
-        values = rendered.pop(field.name)
-        arrays.append(pa.array([values[i] for i in order], field.type))
-        del values
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    if not isinstance(rendered, pa.Table):
+        return sorted_table(rendered)
+    table = rendered if rendered.schema == SCHEMA else rendered.cast(SCHEMA)
+    ids = table.column("example_id")
+    if len(ids) > 1 and not pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py():
+        table = table.take(pc.sort_indices(ids))  # stable
+    return table
 
 
 def _text_bytes(table: pa.Table) -> int:

@@ -177,7 +177,7 @@ class UnitRenderer:
         for raw in raw_rows:
             prepared.append(prepare(raw))
         if unit.split == "eval":
-            cols = _sorted_table(
+            cols = sorted_table(
                 self._render_eval(unit, tp, task, compiled, prepared, inverse, src, kept, dropped)
             )
         else:
@@ -800,11 +800,19 @@ if Row._fields != COLUMNS:  # pragma: no cover - a programming error, caught at 
     raise ImportError(f"flanmix.rows.Row fields {Row._fields} differ from SCHEMA {COLUMNS}")
 
 
-def _sorted_table(cols: dict[str, list]) -> pa.Table:
-    """Columns as one table in ``example_id`` order (ties keep their order)."""
-    keys = np.array([int(e, 16) for e in cols["example_id"]], dtype=np.uint64)
-    order = np.argsort(keys, kind="stable").tolist()
-    return pa.Table.from_pydict({k: [v[i] for i in order] for k, v in cols.items()}, schema=SCHEMA)
+def sorted_table(cols: dict[str, list]) -> pa.Table:
+    """Columns (lists) as one table in ``example_id`` order, ties in their order. The lists are
+    ordered as lists (moving references, not text) and converted one at a time, each dropped from
+    ``cols`` once converted: the text is held about once, not twice."""
+    import pyarrow.compute as pc
+
+    order = pc.sort_indices(pa.array(cols["example_id"], pa.string())).to_numpy().tolist()
+    arrays = []
+    for column in SCHEMA:
+        values = cols.pop(column.name)
+        arrays.append(pa.array([values[i] for i in order], column.type))
+        del values
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def _columns(rows: list[Row]) -> dict[str, list]:
