@@ -37,6 +37,10 @@ from .rows import UnitRenderer, WorkerContext, sorted_table
 
 ROW_GROUP = 10_000  # rows per row group of a shard, at most
 ROW_GROUP_BYTES = 32 * 2**20  # text per row group, at most (long rows make smaller groups)
+#: Columns of a Parquet shard written without a dictionary: their values are (nearly) all
+#: distinct, so a dictionary only costs time until the writer gives up on it (a 100k-row shard of
+#: short rows: 10-35% of its write time, and a larger file).
+PLAIN_COLUMNS = ("inputs", "example_id", "source_index")
 RUN_BATCH = 1_024  # rows per record batch of a run: what a shard reads of the runs it overlaps
 ID_SPACE = 1 << 64
 #: a shard writer copies the slices of runs up to this size into its memory (up to COPY_BUDGET
@@ -273,7 +277,7 @@ def write_shard(batches: Iterable[pa.Table], path: str, file_format: str) -> int
             path,
             SCHEMA,
             compression="zstd",
-            use_dictionary=True,
+            use_dictionary=[n for n in SCHEMA.names if n not in PLAIN_COLUMNS],
             write_statistics=True,
             store_schema=True,
         ) as w:

@@ -50,7 +50,7 @@ def _whole_shard(pieces: list[pa.Table], path, file_format: str) -> None:
             path,
             row_group_size=assemble.ROW_GROUP,
             compression="zstd",
-            use_dictionary=True,
+            use_dictionary=[n for n in SCHEMA.names if n not in assemble.PLAIN_COLUMNS],
             write_statistics=True,
             store_schema=True,
         )
@@ -226,3 +226,16 @@ def test_units_hold_about_the_same_text_whatever_the_row_shape():
     evals = make_spec(eval={"few_shot": 2})
     assert unit_draws(evals, plan("eval", 4, shots=object())) == round(UNIT_ROWS / 12)
     assert unit_draws(evals, plan("eval", 4)) == UNIT_ROWS // 4  # no exemplars: zero-shot
+
+
+def test_parquet_shards_keep_dictionaries_for_repeated_columns_only(tmp_path):
+    path = tmp_path / "shard.parquet"
+    assemble.write_shard(assemble.merged(_pieces([30, 20], sort=True)), str(path), "parquet")
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {
+        meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)
+    }
+    for name in assemble.PLAIN_COLUMNS:
+        assert not any("DICTIONARY" in e for e in encodings[name]), name
+    assert any("DICTIONARY" in e for e in encodings["task"])
+    assert any("DICTIONARY" in e for e in encodings["targets"])
