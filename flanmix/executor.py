@@ -392,6 +392,9 @@ class RayExecutor:
             if self.address:
                 kwargs["address"] = self.address
             elif not os.environ.get("RAY_ADDRESS"):  # set inside a Ray job (ray job submit)
+                # a Ray of our own, even where `ray start` left one running on this machine
+                # (ray.init() would join that one, and refuse num_cpus)
+                kwargs["address"] = "local"
                 kwargs["num_cpus"] = self.workers or os.cpu_count() or 1
             try:
                 ray.init(**kwargs)

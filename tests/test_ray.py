@@ -173,3 +173,49 @@ def test_killed_ray_compile_leaves_no_out(tmp_path):
         "stalled-pieces",
         "stalled-publish",
     ]  # the killed runs' staging folders were removed by the rerun
+
+
+def test_ray_of_its_own_beside_a_running_ray(tmp_path):
+    """Without an address the compile starts a Ray of its own, even where `ray start` left one
+    running on the machine (ray.init() alone would join that one and refuse num_cpus)."""
+    sources = write_sources(tmp_path / "src", n=300, n_eval=50)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        textwrap.dedent(f"""\
+        name: beside
+        catalog: {FIXTURE}
+        clusters: all
+        cap: 300
+        holdout: {{clusters: [qa]}}
+        sources: {json.dumps(sources)}
+        executor: ray
+        """)
+    )
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", "--num-cpus", "1", "--include-dashboard",
+         "false", "--disable-usage-stats"],
+        env={**env, "RAY_AUTH_MODE": "token"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        for line in head.stdout:  # ends if it exits
+            if "Ray runtime started" in line:
+                break
+        assert head.poll() is None, "ray start --head did not stay up"
+        out = tmp_path / "out"
+        cli = [sys.executable, "-m", "flanmix.cli", "compile", str(spec_file), "-o", str(out)]
+        done = subprocess.run([*cli, "--workers", "2", "--quiet"], env=env, capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert Mixture.open(out).verify() == []
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
