@@ -124,3 +124,31 @@ def test_forked_workers_do_not_keep_the_callers_sigterm_handler(monkeypatch):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert got == [(True, True), (True, True)]
+
+
+def _frozen(_state, _x):
+    import gc
+
+    return gc.get_freeze_count()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two workers")
+def test_forked_workers_start_from_a_frozen_collector_and_the_caller_is_left_as_it_was(
+    monkeypatch,
+):
+    import gc
+
+    monkeypatch.setenv("FLANMIX_START_METHOD", "fork")
+    held = [{"n": i} for i in range(1000)]  # objects the caller holds when forking
+    assert gc.get_freeze_count() == 0
+    with LocalExecutor(workers=2) as ex, ex.start(_setup, None, max_jobs=2) as w:
+        assert gc.get_freeze_count() == 0  # unfrozen in the caller once forked
+        counts = list(w.map(_frozen, range(2)))
+    assert all(c >= len(held) for c in counts)  # the workers' collectors skip them
+    gc.freeze()  # a caller that froze objects itself: left alone
+    try:
+        with LocalExecutor(workers=2) as ex, ex.start(_setup, None, max_jobs=2) as w:
+            list(w.map(_frozen, range(2)))
+        assert gc.get_freeze_count() > len(held)  # not unfrozen by the executor
+    finally:
+        gc.unfreeze()
