@@ -400,6 +400,7 @@ class UnitRenderer:
         )
         option_ids = cols.option_ids
         fallback = stats["fewshot_fallback"]
+        pieces: dict = {}  # an exemplar's laid-out text and length, by (row, options style)
         for b, rec in enumerate(base):
             tmpl = compiled[rec.tid].template
             text_in, choices, rseed = rec.input, rec.choices, rec.rseed
@@ -436,11 +437,16 @@ class UnitRenderer:
                 exemplars = []
                 for g in pool:
                     ex = base[g]
-                    ex_in, ex_target = ex.input, ex.target
-                    if show and ex.choices is not None and not listed:
-                        block, labels = self._block(ex.choices, style)
-                        ex_in, ex_target = ex_in + block, labels[ex.choices.index(ex.target)]
-                    exemplars.append((ex_in, ex_target))
+                    styled = show and ex.choices is not None and not listed
+                    key = (g, style) if styled else g
+                    piece = pieces.get(key)
+                    if piece is None:
+                        ex_in, ex_target = ex.input, ex.target
+                        if styled:
+                            block, labels = self._block(ex.choices, style)
+                            ex_in, ex_target = ex_in + block, labels[ex.choices.index(ex.target)]
+                        piece = pieces[key] = self._piece(shots, ex_in, ex_target)
+                    exemplars.append(piece)
                 text_in, n_ex = self._fit_shots(shots, exemplars, text_in)
                 if n_ex == 0:  # no exemplar fits max_length: written zero-shot, and counted
                     fallback[unit.task] += 1
@@ -570,7 +576,7 @@ class UnitRenderer:
         )
         picked = rng.sample(pool, min(spec.eval.few_shot, len(pool)))
         shots = FEW_SHOT_FORMATS[spec.formats.few_shot_format]
-        return self._fit_shots(shots, [(x, y) for _, x, y in picked], text_in)
+        return self._fit_shots(shots, [self._piece(shots, x, y) for _, x, y in picked], text_in)
 
     def _shot_pool(self, task, tp, ct) -> list[tuple[int, str, str]]:
         """(index, input, target) of up to 8 x eval.few_shot training rows (a seeded subset, the
@@ -622,29 +628,39 @@ class UnitRenderer:
                     break
         return picked
 
-    def _fit_shots(self, shots, exemplars: list[tuple[str, str]], text_in: str) -> tuple[str, int]:
-        """Exemplars (in order) that fit ``formats.max_length`` with the query, joined by the
-        few-shot format; (text_in, 0) when none fits."""
-        if not exemplars:
+    def _piece(self, shots, x: str, y: str) -> tuple[str, int]:
+        """An exemplar laid out by the few-shot format, and its length."""
+        piece = shots.exemplar(x, y)
+        return piece, self._length(piece)
+
+    def _fit_shots(self, shots, pieces: list[tuple[str, int]], text_in: str) -> tuple[str, int]:
+        """Exemplars (from :meth:`_piece`, in order) that fit ``formats.max_length`` with the
+        query, joined by the few-shot format; (text_in, 0) when none fits. The input is joined
+        once (its text is copied once)."""
+        if not pieces:
             return text_in, 0
         length = self._length
         query = shots.query(text_in)
         budget = self._max_length - length(query)
         parts = []
-        for x, y in exemplars:
-            piece = shots.exemplar(x, y)
-            n = length(piece)
+        for piece, n in pieces:
             if n > budget:
                 continue
             budget -= n
             parts.append(piece)
-        while parts and self._tokenizer is not None:  # token counts of pieces do not add up exactly
-            if length("".join(parts) + query) <= self._max_length:
-                break
-            parts.pop()
         if not parts:
             return text_in, 0
-        return "".join(parts) + query, len(parts)
+        n_ex = len(parts)
+        parts.append(query)
+        text = "".join(parts)
+        if self._tokenizer is not None:  # token counts of pieces do not add up exactly
+            while n_ex and length(text) > self._max_length:
+                n_ex -= 1
+                del parts[n_ex]
+                text = "".join(parts)
+            if not n_ex:
+                return text_in, 0
+        return text, n_ex
 
     @functools.cached_property
     def _max_length(self) -> int:
