@@ -239,3 +239,34 @@ def test_parquet_shards_keep_dictionaries_for_repeated_columns_only(tmp_path):
         assert not any("DICTIONARY" in e for e in encodings[name]), name
     assert any("DICTIONARY" in e for e in encodings["task"])
     assert any("DICTIONARY" in e for e in encodings["targets"])
+
+
+_HEAP = """
+import os, sys
+from flanmix import assemble
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+if sys.argv[1] == 'keep':
+    assemble.keep_freed_heap()
+before = rss()
+strings = [bytes(20_000) for _ in range(3_000)]  # a unit's worth of rendered text
+grown = rss()
+del strings
+print((grown - before) >> 20, (grown - rss()) >> 20)
+"""
+
+
+@pytest.mark.skipif(assemble._libc() is None, reason="glibc only")
+def test_a_worker_keeps_its_freed_heap_for_the_next_unit():
+    import subprocess
+    import sys
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _HEAP, mode], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return [int(x) for x in out.stdout.split()]
+
+    grown, returned = run("default")
+    assert grown >= 40 and returned >= 40  # glibc gives the freed top back at once
+    grown, returned = run("keep")
+    assert grown >= 40 and returned < 8  # kept for the next unit (trimmed above TRIM_ABOVE)
