@@ -400,7 +400,6 @@ class UnitRenderer:
         )
         option_ids = cols.option_ids
         fallback = stats["fewshot_fallback"]
-        pieces: dict = {}  # an exemplar's laid-out text and length, by (row, options style)
         for b, rec in enumerate(base):
             tmpl = compiled[rec.tid].template
             text_in, choices, rseed = rec.input, rec.choices, rec.rseed
@@ -437,16 +436,11 @@ class UnitRenderer:
                 exemplars = []
                 for g in pool:
                     ex = base[g]
-                    styled = show and ex.choices is not None and not listed
-                    key = (g, style) if styled else g
-                    piece = pieces.get(key)
-                    if piece is None:
-                        ex_in, ex_target = ex.input, ex.target
-                        if styled:
-                            block, labels = self._block(ex.choices, style)
-                            ex_in, ex_target = ex_in + block, labels[ex.choices.index(ex.target)]
-                        piece = pieces[key] = self._piece(shots, ex_in, ex_target)
-                    exemplars.append(piece)
+                    ex_in, ex_target = ex.input, ex.target
+                    if show and ex.choices is not None and not listed:
+                        block, labels = self._block(ex.choices, style)
+                        ex_in, ex_target = ex_in + block, labels[ex.choices.index(ex.target)]
+                    exemplars.append(shots.exemplar(ex_in, ex_target))
                 text_in, n_ex = self._fit_shots(shots, exemplars, text_in)
                 if n_ex == 0:  # no exemplar fits max_length: written zero-shot, and counted
                     fallback[unit.task] += 1
@@ -576,7 +570,7 @@ class UnitRenderer:
         )
         picked = rng.sample(pool, min(spec.eval.few_shot, len(pool)))
         shots = FEW_SHOT_FORMATS[spec.formats.few_shot_format]
-        return self._fit_shots(shots, [self._piece(shots, x, y) for _, x, y in picked], text_in)
+        return self._fit_shots(shots, [shots.exemplar(x, y) for _, x, y in picked], text_in)
 
     def _shot_pool(self, task, tp, ct) -> list[tuple[int, str, str]]:
         """(index, input, target) of up to 8 x eval.few_shot training rows (a seeded subset, the
@@ -628,22 +622,18 @@ class UnitRenderer:
                     break
         return picked
 
-    def _piece(self, shots, x: str, y: str) -> tuple[str, int]:
-        """An exemplar laid out by the few-shot format, and its length."""
-        piece = shots.exemplar(x, y)
-        return piece, self._length(piece)
-
-    def _fit_shots(self, shots, pieces: list[tuple[str, int]], text_in: str) -> tuple[str, int]:
-        """Exemplars (from :meth:`_piece`, in order) that fit ``formats.max_length`` with the
-        query, joined by the few-shot format; (text_in, 0) when none fits. The input is joined
-        once (its text is copied once)."""
+    def _fit_shots(self, shots, pieces: list[str], text_in: str) -> tuple[str, int]:
+        """Exemplars (laid out by ``shots.exemplar``, in order) that fit ``formats.max_length``
+        with the query, joined by the few-shot format; (text_in, 0) when none fits. The input is
+        joined once (its text is copied once)."""
         if not pieces:
             return text_in, 0
         length = self._length
         query = shots.query(text_in)
         budget = self._max_length - length(query)
         parts = []
-        for piece, n in pieces:
+        for piece in pieces:
+            n = length(piece)
             if n > budget:
                 continue
             budget -= n
