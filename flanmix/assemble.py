@@ -355,6 +355,16 @@ def _read_run(
         return _cut(pa.ipc.open_file(fh), b0, b1, lo, hi), None
 
 
+def _own_copy(table: pa.Table) -> pa.Table:
+    """``table``'s rows copied into memory of their own, one chunk a column (a concatenation
+    copies only the rows' bytes: half the time of a ``take`` of every row)."""
+    if not table.num_rows:
+        return SCHEMA.empty_table()
+    return pa.Table.from_arrays(
+        [pa.concat_arrays(col.chunks) for col in table.columns], schema=table.schema
+    )
+
+
 def _open_files_budget(want: int) -> int:
     """How many runs a shard writer may keep mapped: the open-files limit (raised up to the hard
     limit if ``want`` needs it), less a margin for everything else the process has open."""
@@ -391,7 +401,7 @@ def write_shard_job(_renderer: UnitRenderer, args: tuple) -> dict[str, Any]:
         if mapped is not None and size <= SMALL_SLICE and copied + size <= COPY_BUDGET:
             # a small slice is copied and its map closed: every page the merge touches in a map
             # brings its neighbours along (fault-around), ~0.2 MiB a run for a few rows each
-            part, mapped = part.take(np.arange(part.num_rows)), None
+            part, mapped = _own_copy(part), None
             copied += size
         if part.num_rows:
             parts.append(part)
