@@ -253,10 +253,11 @@ class Output(_Model):
         "so their sizes vary a little)",
     )
     shard_bytes: int = Field(
-        default=256 * 2**20,
+        default=128 * 2**20,
         ge=1,
         description="target bytes of text (inputs and targets, UTF-8) per shard: long rows "
-        "make more, smaller shards, so that writing or reading one never holds much",
+        "make more, smaller shards, so that writing or reading one never holds much and "
+        "workers write them side by side",
     )
 
 
