@@ -10,8 +10,9 @@ prints a Markdown table:
     stats, shards, manifest) with 1 and with 2 workers, per core and as a ratio to (a); next to
     each, what a Hugging Face ``datasets`` user writes for the same rows: ``Dataset.from_parquet``
     on the same files, a batched ``.map`` rendering (a)'s templates on as many processes, and
-    ``.to_parquet``, timed whole (load + map + write) with a fresh cache folder, alternated with
-    the compile runs;
+    ``.to_parquet``, timed whole (load + map + write) with a fresh cache folder; each tool's
+    runs in a block after an untimed first run (interleaved, a compile right after datasets.map
+    found its memory reclaimed by this VM);
 (d) a FLAN-2021-scale mixture: 60 tasks, 30k cap, about 1.5M source rows, 1 and 2 workers, and
     the same compile from the command line on local processes and on Ray, 2 actors: a local Ray
     started by the compile, and a Ray already running (``ray start --head``, its processes counted
@@ -20,9 +21,9 @@ prints a Markdown table:
 (f) long rows (premises of 520 words, inputs of ~3.7 kB) zero-shot, and few-shot (k=4, inputs of
     ~18 kB), 50k rows: the raw loop on the same rows (for few-shot rows, 4 exemplars from its batch
     before each input, as long as flanmix's), then, as in (c), the compile on 1 and 2 workers in a
-    warm process alternated with the batched ``datasets.map`` of (c) on as many processes (few-shot:
-    the same exemplar layout); last, both from the command line (starting Python included) with
-    the peak RSS of the process tree.
+    warm process and the batched ``datasets.map`` of (c) on as many processes (few-shot: the same
+    exemplar layout); last, both from the command line (starting Python included) with the peak
+    RSS of the process tree.
 
 Usage: python benchmarks/bench_compile.py [--quick] [--keep DIR] [--skip c,d,ray,e,f,ds]
 """
@@ -585,16 +586,16 @@ def main() -> None:
         runner = DatasetsRunner() if "ds" not in skip else None
         per_core = {}
         for w in (1, 2):
-            # one untimed run of each at this process count first (imports, page cache, and the
-            # memory of fresh workers), as every timed run after it has
+            # each tool: one untimed run at this process count first (imports, page cache, the
+            # memory of fresh workers), then its timed runs in a block. Not alternated: on this
+            # VM a run right after datasets.map (which frees ~1.4 GB) finds its memory reclaimed,
+            # and fresh workers fault it in again (2 workers: 1.36-1.60x instead of 1.85x)
             compile_once(spec, work / "warm", w)
+            runs = [compile_once(spec, work / f"c{w}", w) for _ in range(repeat)]
+            ds_runs = []
             if runner:
                 runner.run(files, work / "ds_warm.parquet", w)
-            runs, ds_runs = [], []
-            for _ in range(repeat):  # flanmix and datasets.map alternated
-                runs.append(compile_once(spec, work / f"c{w}", w))
-                if runner:
-                    ds_runs.append(runner.run(files, work / f"ds{w}.parquet", w))
+                ds_runs = [runner.run(files, work / f"ds{w}.parquet", w) for _ in range(repeat)]
             took, rows = min(runs)
             per_core[w] = rows / took / w
             table.append(
@@ -728,13 +729,11 @@ def main() -> None:
             k = 4 if few else 0
             for w in (1, 2):
                 compile_once(specs_f[name], work / "long", w)  # untimed first runs, as in (c)
+                runs = [compile_once(specs_f[name], work / "long", w) for _ in range(repeat)]
+                ds_runs = []
                 if runner:
                     runner.run(files_f, ds_out, w, k)
-                runs, ds_runs = [], []
-                for _ in range(repeat):  # flanmix and datasets.map alternated, warm processes
-                    runs.append(compile_once(specs_f[name], work / "long", w))
-                    if runner:
-                        ds_runs.append(runner.run(files_f, ds_out, w, k))
+                    ds_runs = [runner.run(files_f, ds_out, w, k) for _ in range(repeat)]
                 took, rows = min(runs)
                 shards = sorted((work / "long").glob("train*.parquet"))
                 table.append((f"(f) {name}, {rows:,} rows, {w} worker(s) (best of {repeat})",
