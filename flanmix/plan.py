@@ -38,6 +38,9 @@ from .yamlio import load_yaml
 #: zero-shot rows per work unit (fewer draws for few-shot rows, see :func:`unit_draws`): fixed by the
 #: spec, so the units (and the output) never depend on the workers
 UNIT_ROWS = 10_000
+#: source rows up to this many bytes make units of ``UNIT_ROWS``; longer rows make proportionally
+#: fewer draws a unit, so a worker's memory (one unit) stays about the same for long documents
+UNIT_ROW_BYTES = 1024
 
 
 @dataclass
@@ -597,12 +600,15 @@ def allot_rows(root: MixNode, spec: MixtureSpec) -> None:
 def unit_draws(spec: MixtureSpec, tp: TaskPlan) -> int:
     """Draws per unit of a task: about ``UNIT_ROWS`` zero-shot rows' worth of text, so that a
     worker's memory (one unit) does not grow with the examples per draw (templates in mode ``all``,
-    every template of an eval task) or the exemplars of few-shot rows (``k`` each)."""
+    every template of an eval task), the exemplars of few-shot rows (``k`` each) or the length of
+    the source's rows (above :data:`UNIT_ROW_BYTES`, from the source's own metadata, so the units
+    still depend only on the spec and the sources)."""
     if tp.role == "train":
         rows, shots = _per_draw(spec, len(tp.templates)), spec.formats.few_shot * spec.formats.k
     else:
         rows, shots = len(tp.templates), (spec.eval.few_shot if tp.shots is not None else 0)
-    return max(1, round(UNIT_ROWS / (rows * (1 + shots))))
+    long = max(1.0, (tp.handle.row_bytes if tp.handle is not None else 0.0) / UNIT_ROW_BYTES)
+    return max(1, round(UNIT_ROWS / (rows * (1 + shots) * long)))
 
 
 def make_units(spec: MixtureSpec, tasks: dict[str, TaskPlan]) -> tuple[list[Unit], dict[str, int]]:

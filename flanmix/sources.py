@@ -47,6 +47,10 @@ class SourceHandle:
     files: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] | None = None  # samples only
     start: int = 0  # a sliced split ("validation[:-200]"): its first row in the files
+    #: mean bytes of a source row (every column, uncompressed; Parquet: as encoded, so a column of
+    #: repeated values counts little), 0 where unknown: long rows make
+    #: smaller work units (:func:`flanmix.plan.unit_draws`)
+    row_bytes: float = 0.0
 
     @property
     def is_samples(self) -> bool:
@@ -97,8 +101,9 @@ def _samples(task: Task, split: str, why: str) -> SourceHandle:
     )
 
 
-def _arrow_files(ds, task: Task, what: str) -> tuple[list[str], int]:
-    """The memory-mappable Arrow cache files behind a ``datasets.Dataset``."""
+def _arrow_files(ds, task: Task, what: str) -> tuple[list[str], int, float]:
+    """The memory-mappable Arrow cache files behind a ``datasets.Dataset``, its rows and the mean
+    bytes of a row (from the mapped table's buffers: nothing is read)."""
     if getattr(ds, "_indices", None) is not None:
         ds = ds.flatten_indices()
     files = [f["filename"] for f in ds.cache_files]
@@ -107,7 +112,8 @@ def _arrow_files(ds, task: Task, what: str) -> tuple[list[str], int]:
             f"{what} loaded in memory only (no Arrow cache files to share with workers)",
             location=Location(task=task.id),
         )
-    return files, len(ds)
+    table = ds.data
+    return files, len(ds), (table.nbytes / table.num_rows if table.num_rows else 0.0)
 
 
 def resolve_source(
@@ -170,9 +176,15 @@ def resolve_source(
         raise SourceError(
             f"cannot load {what}: {type(exc).__name__}: {exc}", location=loc, hint=hint
         ) from exc
-    files, n = _arrow_files(ds, task, what)
+    files, n, row_bytes = _arrow_files(ds, task, what)
     return SourceHandle(
-        task=task.id, split=split, kind="arrow", description=what, num_rows=n, files=files
+        task=task.id,
+        split=split,
+        kind="arrow",
+        description=what,
+        num_rows=n,
+        files=files,
+        row_bytes=row_bytes,
     )
 
 
@@ -272,9 +284,11 @@ def _open_files(task: Task, split: str, fmt: str, paths: list[Path], loc: Locati
         import pyarrow.parquet as pq
 
         try:
-            n = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+            metas = [pq.ParquetFile(p).metadata for p in paths]
         except Exception as exc:  # noqa: BLE001
             raise SourceError(f"cannot read {what}: {exc}", location=loc) from exc
+        n = sum(m.num_rows for m in metas)
+        size = sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups))
         return SourceHandle(
             task=task.id,
             split=split,
@@ -282,6 +296,7 @@ def _open_files(task: Task, split: str, fmt: str, paths: list[Path], loc: Locati
             description=what,
             num_rows=n,
             files=[str(p) for p in paths],
+            row_bytes=size / n if n else 0.0,
         )
     import datasets
 
@@ -289,9 +304,15 @@ def _open_files(task: Task, split: str, fmt: str, paths: list[Path], loc: Locati
         ds = datasets.load_dataset(fmt, data_files={split: [str(p) for p in paths]}, split=split)
     except Exception as exc:  # noqa: BLE001
         raise SourceError(f"cannot load {what}: {type(exc).__name__}: {exc}", location=loc) from exc
-    files, n = _arrow_files(ds, task, what)
+    files, n, row_bytes = _arrow_files(ds, task, what)
     return SourceHandle(
-        task=task.id, split=split, kind="arrow", description=what, num_rows=n, files=files
+        task=task.id,
+        split=split,
+        kind="arrow",
+        description=what,
+        num_rows=n,
+        files=files,
+        row_bytes=row_bytes,
     )
 
 

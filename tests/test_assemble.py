@@ -228,6 +228,35 @@ def test_units_hold_about_the_same_text_whatever_the_row_shape():
     assert unit_draws(evals, plan("eval", 4)) == UNIT_ROWS // 4  # no exemplars: zero-shot
 
 
+def test_long_source_rows_make_smaller_units(tmp_path):
+    """Units shrink with the source's mean row bytes above UNIT_ROW_BYTES (read from the Parquet
+    footer when the handle is made), and stay whole below it."""
+    from types import SimpleNamespace
+
+    from flanmix.errors import Location
+    from flanmix.plan import UNIT_ROW_BYTES, UNIT_ROWS, TaskPlan, unit_draws
+    from flanmix.sources import SourceHandle, _open_files
+    from tests.test_mix import make_spec
+
+    spec = make_spec(formats={"few_shot": 0.0})
+    for words, expect in ((10, UNIT_ROWS), (2000, None)):
+        path = tmp_path / f"rows{words}.parquet"
+        pq.write_table(
+            pa.table({"text": [f"{i} " + "word " * words for i in range(200)], "label": [0] * 200}),
+            path,
+        )
+        handle = _open_files(SimpleNamespace(id="t"), "train", "parquet", [path], Location())
+        assert handle.row_bytes > words * 5
+        tp = TaskPlan("t", "c", "train", handle, ["a"], None, 0)
+        got = unit_draws(spec, tp)
+        if expect is not None:
+            assert got == expect
+        else:
+            assert got == round(UNIT_ROWS * UNIT_ROW_BYTES / handle.row_bytes) < UNIT_ROWS / 9
+    unknown = SourceHandle("t", "train", "niv2", "niv2", 10)  # no size known: whole units
+    assert unit_draws(spec, TaskPlan("t", "c", "train", unknown, ["a"], None, 0)) == UNIT_ROWS
+
+
 def test_parquet_shards_keep_dictionaries_for_repeated_columns_only(tmp_path):
     path = tmp_path / "shard.parquet"
     assemble.write_shard(assemble.merged(_pieces([30, 20], sort=True)), str(path), "parquet")
