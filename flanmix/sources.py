@@ -101,9 +101,9 @@ def _samples(task: Task, split: str, why: str) -> SourceHandle:
     )
 
 
-def _arrow_files(ds, task: Task, what: str) -> tuple[list[str], int, float]:
-    """The memory-mappable Arrow cache files behind a ``datasets.Dataset``, its rows and the mean
-    bytes of a row (from the mapped table's buffers: nothing is read)."""
+def _arrow_handle(ds, task: Task, split: str, what: str) -> SourceHandle:
+    """A handle on the memory-mappable Arrow cache files behind a ``datasets.Dataset``, with its
+    rows and the mean bytes of a row (from the mapped table's buffers: nothing is read)."""
     if getattr(ds, "_indices", None) is not None:
         ds = ds.flatten_indices()
     files = [f["filename"] for f in ds.cache_files]
@@ -113,7 +113,15 @@ def _arrow_files(ds, task: Task, what: str) -> tuple[list[str], int, float]:
             location=Location(task=task.id),
         )
     table = ds.data
-    return files, len(ds), (table.nbytes / table.num_rows if table.num_rows else 0.0)
+    return SourceHandle(
+        task=task.id,
+        split=split,
+        kind="arrow",
+        description=what,
+        num_rows=len(ds),
+        files=files,
+        row_bytes=table.nbytes / table.num_rows if table.num_rows else 0.0,
+    )
 
 
 def resolve_source(
@@ -176,16 +184,7 @@ def resolve_source(
         raise SourceError(
             f"cannot load {what}: {type(exc).__name__}: {exc}", location=loc, hint=hint
         ) from exc
-    files, n, row_bytes = _arrow_files(ds, task, what)
-    return SourceHandle(
-        task=task.id,
-        split=split,
-        kind="arrow",
-        description=what,
-        num_rows=n,
-        files=files,
-        row_bytes=row_bytes,
-    )
+    return _arrow_handle(ds, task, split, what)
 
 
 def _from_niv2(task: Task, split: str, base_dir: Path, loc: Location) -> SourceHandle:
@@ -304,16 +303,7 @@ def _open_files(task: Task, split: str, fmt: str, paths: list[Path], loc: Locati
         ds = datasets.load_dataset(fmt, data_files={split: [str(p) for p in paths]}, split=split)
     except Exception as exc:  # noqa: BLE001
         raise SourceError(f"cannot load {what}: {type(exc).__name__}: {exc}", location=loc) from exc
-    files, n, row_bytes = _arrow_files(ds, task, what)
-    return SourceHandle(
-        task=task.id,
-        split=split,
-        kind="arrow",
-        description=what,
-        num_rows=n,
-        files=files,
-        row_bytes=row_bytes,
-    )
+    return _arrow_handle(ds, task, split, what)
 
 
 # ----------------------------------------------------------------------------- reading (in workers)

@@ -253,6 +253,13 @@ def test_long_source_rows_make_smaller_units(tmp_path):
             assert got == expect
         else:
             assert got == round(UNIT_ROWS * UNIT_ROW_BYTES / handle.row_bytes) < UNIT_ROWS / 9
+    jsonl = tmp_path / "rows.jsonl"  # loaded by datasets: sized from its Arrow table
+    jsonl.write_text(
+        "".join(f'{{"text": "{i} {"word " * 2000}", "label": 0}}\n' for i in range(50))
+    )
+    handle = _open_files(SimpleNamespace(id="t"), "train", "json", [jsonl], Location())
+    assert handle.kind == "arrow" and handle.row_bytes > 10_000
+    assert unit_draws(spec, TaskPlan("t", "c", "train", handle, ["a"], None, 0)) < UNIT_ROWS / 9
     unknown = SourceHandle("t", "train", "niv2", "niv2", 10)  # no size known: whole units
     assert unit_draws(spec, TaskPlan("t", "c", "train", unknown, ["a"], None, 0)) == UNIT_ROWS
 
