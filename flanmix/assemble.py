@@ -175,8 +175,8 @@ def keep_freed_heap() -> None:
 
     By default glibc gives the top of the heap back to the system once 128 kB of it is free (more
     once large blocks were freed), so a unit's strings, freed, could come back as fresh pages for
-    the next unit: ``flanmix compile`` of 50k few-shot rows of ~18 kB on one worker took 57-76k
-    page faults, 47-52k with the heap kept (on this project's VM a fault costs 20-70 us)."""
+    the next unit: ``flanmix compile`` of 50k few-shot rows of ~18 kB on one worker took 52-64k
+    page faults, 47-53k with the heap kept (on this project's VM a fault costs 5-70 us)."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE)
