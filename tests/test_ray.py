@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -30,7 +31,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a Ray of the test's own, even where another runs on the machine (or a killed one left its
+    # address file: ray.init() without an address would try to join it)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -192,6 +195,9 @@ def test_ray_of_its_own_beside_a_running_ray(tmp_path):
         """)
     )
     ray_cli = str(Path(sys.executable).parent / "ray")
+    # where `ray start` writes the address that a bare ray.init() joins; put back as it was after
+    address_file = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    address_before = address_file.read_bytes() if address_file.exists() else None
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     head = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", "--num-cpus", "1", "--include-dashboard",
@@ -219,3 +225,7 @@ def test_ray_of_its_own_beside_a_running_ray(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        if address_before is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_bytes(address_before)
