@@ -388,6 +388,19 @@ def datasets_tree(files: list[Path], out: Path, procs: int, k: int) -> tuple[flo
     return took, peak, pq.ParquetFile(out).metadata.num_rows
 
 
+def datasets_row(
+    label: str, procs: int, runs: list[tuple[float, int]], flanmix_rate: float, note: str = ""
+) -> tuple[str, str, str]:
+    """The table row of the best of ``runs`` of datasets.map, against flanmix's rows/s."""
+    took, rows = min(runs)
+    return (
+        f"{label} batched datasets.map + to_parquet, {procs} process(es), {rows:,} rows "
+        f"(best of {len(runs)})",
+        f"{rows / took:,.0f} rows/s total",
+        f"flanmix / datasets.map: {flanmix_rate / (rows / took):.2f}x{note}",
+    )
+
+
 def mean_input_kb(paths: list[Path]) -> float:
     """Mean length of the ``inputs`` column over Parquet files, in kB of characters."""
     import pyarrow.compute as pc
@@ -606,10 +619,7 @@ def main() -> None:
                 )
             )
             if ds_runs:
-                ds_took, ds_rows = min(ds_runs)
-                table.append((f"(c) batched datasets.map + to_parquet, {w} process(es), {ds_rows:,} rows (best of {repeat})",
-                              f"{ds_rows / ds_took:,.0f} rows/s total",
-                              f"flanmix / datasets.map: {rows / took / (ds_rows / ds_took):.2f}x"))  # fmt: skip
+                table.append(datasets_row("(c)", w, ds_runs, rows / took))
         if runner:
             runner.close()
         table.append(("(c) speed-up 1 -> 2 workers", f"{per_core[2] * 2 / per_core[1]:.2f}x", ""))
@@ -740,10 +750,8 @@ def main() -> None:
                               f"{rows / took:,.0f} rows/s total, {rows / took / w:,.0f}/core",
                               f"{rows / took / w / raw_f[k]:.2f}x raw per core; inputs {mean_input_kb(shards):.1f} kB"))  # fmt: skip
                 if ds_runs:
-                    ds_took, ds_rows = min(ds_runs)
-                    table.append((f"(f) {name}: batched datasets.map + to_parquet, {w} process(es), {ds_rows:,} rows (best of {repeat})",
-                                  f"{ds_rows / ds_took:,.0f} rows/s total",
-                                  f"flanmix / datasets.map: {rows / took / (ds_rows / ds_took):.2f}x; inputs {mean_input_kb([ds_out]):.1f} kB"))  # fmt: skip
+                    note = f"; inputs {mean_input_kb([ds_out]):.1f} kB"
+                    table.append(datasets_row(f"(f) {name}:", w, ds_runs, rows / took, note))
         if runner:
             runner.close()
         # the same from the command line (starting Python included), for the peak RSS of the

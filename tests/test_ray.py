@@ -130,21 +130,27 @@ def test_executor_keeps_job_order_and_located_errors(kind, local_ray):
         assert list(workers.map(_job, [1])) == [101]  # the workers survive a job's error
 
 
-def test_killed_ray_compile_leaves_no_out(tmp_path):
-    sources = write_sources(tmp_path / "src", n=20_000, n_eval=100)
+def _ray_spec_file(tmp_path: Path, name: str, rows: int, extra: str = "") -> Path:
+    """A spec file compiled on Ray (``executor: ray``) over ``rows`` rows of fixture sources."""
+    sources = write_sources(tmp_path / "src", n=rows, n_eval=min(100, rows // 6))
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(
         textwrap.dedent(f"""\
-        name: killed
+        name: {name}
         catalog: {FIXTURE}
         clusters: all
-        cap: 20000
+        cap: {rows}
         holdout: {{clusters: [qa]}}
         sources: {json.dumps(sources)}
-        output: {{shard_rows: 10000}}
         executor: ray
         """)
+        + extra
     )
+    return spec_file
+
+
+def test_killed_ray_compile_leaves_no_out(tmp_path):
+    spec_file = _ray_spec_file(tmp_path, "killed", 20_000, "output: {shard_rows: 10000}\n")
     out = tmp_path / "out"
     cmd = ["compile", str(spec_file), "-o", str(out), "--workers", "2"]
     stalled = Path(__file__).resolve().parent / "stalled_compile.py"
@@ -181,19 +187,7 @@ def test_killed_ray_compile_leaves_no_out(tmp_path):
 def test_ray_of_its_own_beside_a_running_ray(tmp_path):
     """Without an address the compile starts a Ray of its own, even where `ray start` left one
     running on the machine (ray.init() alone would join that one and refuse num_cpus)."""
-    sources = write_sources(tmp_path / "src", n=300, n_eval=50)
-    spec_file = tmp_path / "spec.yaml"
-    spec_file.write_text(
-        textwrap.dedent(f"""\
-        name: beside
-        catalog: {FIXTURE}
-        clusters: all
-        cap: 300
-        holdout: {{clusters: [qa]}}
-        sources: {json.dumps(sources)}
-        executor: ray
-        """)
-    )
+    spec_file = _ray_spec_file(tmp_path, "beside", 300)
     ray_cli = str(Path(sys.executable).parent / "ray")
     # where `ray start` writes the address that a bare ray.init() joins; put back as it was after
     address_file = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
