@@ -538,12 +538,12 @@ def _run_compile(args) -> int:
     if args.allow_outside_sources:
         os.environ[ALLOW_OUTSIDE] = "1"  # read by the task schema and the sources (and workers)
 
-    from .assemble import keep_freed_heap
+    from .assemble import tune_own_process
     from .compile import compile_mixture
     from .mixture import LocoIndex, Manifest
     from .report import composition_report
 
-    keep_freed_heap()  # this process is the command line's own (one worker renders here)
+    tune_own_process()  # this process is the command line's own (one worker renders here)
     catalog = None
     if args.root is not None:
         from .catalog import load_catalog

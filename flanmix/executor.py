@@ -122,6 +122,14 @@ def _die_with_parent() -> None:
 
 
 _STATE_FROM: str | None = None  # the context file the state was built from
+_OWN_WORKER = False  # this process is a worker an executor started (a pool worker, a Ray actor)
+
+
+def own_worker() -> bool:
+    """Whether this process is a worker started by an executor (a pool worker or a Ray actor), so
+    that settings of the whole process (:func:`flanmix.assemble.tune_own_process`) are flanmix's
+    to make; False in the caller's process, where a single worker runs its jobs."""
+    return _OWN_WORKER
 
 
 def _local_warm(modules: tuple[str, ...]) -> None:
@@ -130,6 +138,8 @@ def _local_warm(modules: tuple[str, ...]) -> None:
     then imports what the jobs will need, while the caller plans."""
     import signal
 
+    global _OWN_WORKER
+    _OWN_WORKER = True
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     _die_with_parent()
@@ -298,6 +308,8 @@ class _RayWorker:
     """One Ray actor: builds its state once, then runs jobs. Errors come back as payloads."""
 
     def __init__(self, setup: Callable, context: Any, env: dict[str, str], cwd: str):
+        global _OWN_WORKER
+        _OWN_WORKER = True  # an actor has a process of its own, which dies with it
         os.environ.update(env)  # FLANMIX_* and HF_* settings of the caller
         if os.path.isdir(cwd):  # relative source paths mean the same as for the caller
             os.chdir(cwd)

@@ -4,6 +4,7 @@ shard at once (and the same Arrow batches)."""
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -306,3 +307,33 @@ def test_a_worker_keeps_its_freed_heap_for_the_next_unit():
     assert grown >= 40 and returned >= 40  # glibc gives the freed top back at once
     grown, returned = run("keep")
     assert grown >= 40 and returned < 8  # kept for the next unit (trimmed above TRIM_ABOVE)
+
+
+_TUNED = """
+import ctypes, sys
+from flanmix import assemble, executor
+libc = ctypes.CDLL("libc.so.6")
+before = libc.prctl(assemble.PR_GET_THP_DISABLE, 0, 0, 0, 0)
+if sys.argv[1] == "worker":
+    executor._OWN_WORKER = True  # as a pool worker's start or a Ray actor sets it
+try:
+    assemble.init_worker(None)
+except Exception:  # no context: the renderer fails after the process settings
+    pass
+print(before, libc.prctl(assemble.PR_GET_THP_DISABLE, 0, 0, 0, 0))
+"""
+
+
+@pytest.mark.skipif(
+    assemble._libc() is None or not sys.platform.startswith("linux"), reason="Linux and glibc"
+)
+def test_a_flanmix_worker_uses_small_pages_and_a_callers_process_is_left_alone():
+    import subprocess
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _TUNED, mode], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return [int(x) for x in out.stdout.split()]
+
+    assert run("worker") == [0, 1]  # no transparent huge pages in a worker of its own
+    assert run("caller") == [0, 0]  # the settings of a process flanmix did not start: untouched

@@ -152,3 +152,24 @@ def test_forked_workers_start_from_a_frozen_collector_and_the_caller_is_left_as_
         assert gc.get_freeze_count() > len(held)  # not unfrozen by the executor
     finally:
         gc.unfreeze()
+
+
+def _own(_state, _x):
+    from flanmix.executor import own_worker
+
+    return own_worker()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two workers")
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_workers_know_they_are_flanmix_processes_and_the_caller_does_not(
+    monkeypatch, method
+):
+    from flanmix.executor import own_worker
+
+    monkeypatch.setenv("FLANMIX_START_METHOD", method)
+    with LocalExecutor(workers=2) as ex, ex.start(_setup, None, max_jobs=2) as w:
+        assert list(w.map(_own, range(2))) == [True, True]
+    with LocalExecutor(workers=1) as ex, ex.start(_setup, None, max_jobs=2) as w:
+        assert list(w.map(_own, range(2))) == [False, False]  # in this process
+    assert own_worker() is False
