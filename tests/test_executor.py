@@ -162,9 +162,7 @@ def _own(_state, _x):
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two workers")
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_pool_workers_know_they_are_flanmix_processes_and_the_caller_does_not(
-    monkeypatch, method
-):
+def test_pool_workers_know_they_are_flanmix_processes_and_the_caller_does_not(monkeypatch, method):
     from flanmix.executor import own_worker
 
     monkeypatch.setenv("FLANMIX_START_METHOD", method)
