@@ -325,7 +325,7 @@ class SourceReader:
         self._table: pa.Table | None = None
         self._files: list[Any] = []
         self._offsets: list[int] = []
-        self._kept: tuple[tuple[int, int, int], pa.Table] | None = None
+        self._kept: dict[tuple[int, int], pa.Table] = {}  # (file, row group): its rows
         if handle.kind == "arrow":
             tables = []
             for f in handle.files:
@@ -345,19 +345,34 @@ class SourceReader:
                     offsets.append(offsets[-1] + pf.metadata.row_group(i).num_rows)
                 self._files.append((pf, offsets))
 
-    #: The last row groups read are kept for the next unit when they are at most this big: units
-    #: of few-shot rows are a fifth of a 10k-row group, and consecutive units read the same one.
+    #: The row groups read last are kept for the next units, up to this many bytes in all (the
+    #: oldest dropped first): consecutive units of a task read the same groups (a unit of few-shot
+    #: rows is a fifth of a 10k-row group; a pass over a source crosses a group's end mid-unit).
     KEEP_BYTES = 64 * 2**20
 
     def _row_groups(self, pf: Any, first: int, last: int) -> pa.Table:
-        key = (id(pf), first, last)
-        if self._kept is not None and self._kept[0] == key:
-            return self._kept[1]
-        self._kept = None  # dropped before the next read: one set of row groups at a time
-        table = pf.read_row_groups(list(range(first, last + 1)))
-        if table.nbytes <= self.KEEP_BYTES:
-            self._kept = (key, table)
-        return table
+        """Row groups ``first..last`` of ``pf`` as one table, each group read once while kept.
+        Kept groups this call does not need leave first (the oldest first) when the new ones
+        would not fit beside them, so a reader holds at most what one unit needs or KEEP_BYTES."""
+        want = [(id(pf), i) for i in range(first, last + 1)]
+        meta = pf.metadata
+        need = sum(meta.row_group(k[1]).total_byte_size for k in want if k not in self._kept)
+        held = sum(t.nbytes for t in self._kept.values())
+        for key in [k for k in self._kept if k not in want]:
+            if held + need <= self.KEEP_BYTES:
+                break
+            held -= self._kept.pop(key).nbytes
+        parts = []
+        for key in want:
+            group = self._kept.pop(key, None)
+            if group is None:
+                group = pf.read_row_group(key[1])
+            parts.append(group)
+            self._kept[key] = group  # the newest last
+        if sum(t.nbytes for t in parts) > self.KEEP_BYTES:  # too big to keep for the next unit
+            for key in want:
+                del self._kept[key]
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def read(self, indices: np.ndarray) -> list[dict[str, Any]]:
         """Rows at ``indices`` (sorted ascending), as dicts."""

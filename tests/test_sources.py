@@ -54,3 +54,41 @@ def test_hub_source_goes_through_load_dataset(tmp_path):
         r for r in rows if f"train review {r['source_index']}:" not in r["inputs"] + r["targets"]
     ]
     assert bad == [], bad[:3]
+
+
+def test_a_reader_reads_each_row_group_once_while_it_is_kept(tmp_path, monkeypatch):
+    import numpy as np
+
+    from flanmix.sources import SourceHandle, SourceReader
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(
+        pa.table({"text": [f"row {i} " * 20 for i in range(1000)]}), path, row_group_size=100
+    )
+    handle = SourceHandle("t", "train", "parquet", "local", 1000, files=[str(path)])
+    reads = []
+    original = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile,
+        "read_row_group",
+        lambda self, i, **kw: reads.append(i) or original(self, i, **kw),
+    )
+    reader = SourceReader(handle)
+    # a pass over the source in units of 150 rows: units cross the ends of row groups
+    for start in range(0, 1000, 150):
+        idx = np.arange(start, min(start + 150, 1000))
+        assert [r["text"] for r in reader.read(idx)] == [f"row {i} " * 20 for i in idx]
+    assert reads == list(range(10))  # every group once, though most units need two
+    # a budget of two and a half groups: the same single reads, never more held than that
+    group = reader._kept[(id(reader._files[0][0]), 9)].nbytes
+    monkeypatch.setattr(SourceReader, "KEEP_BYTES", int(2.5 * group))
+    reader, held = SourceReader(handle), []
+    reads.clear()
+    for start in range(0, 1000, 150):
+        reader.read(np.arange(start, min(start + 150, 1000)))
+        held.append(sum(t.nbytes for t in reader._kept.values()))
+    assert reads == list(range(10)) and max(held) <= 2.5 * group
+    # a unit needing more than the budget: read, used, and not kept for the next one
+    got = reader.read(np.array([5, 250, 999]))
+    assert [r["text"] for r in got] == [f"row {i} " * 20 for i in (5, 250, 999)]
+    assert reader._kept == {}
