@@ -452,6 +452,7 @@ def write_shard_job(_renderer: UnitRenderer, args: tuple) -> dict[str, Any]:
             storage.put(path, storage.join(out_dir, name))
     else:
         path = Path(out_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)  # a scratch folder's shards/ (workers race)
         rows = write_shard(batches, str(path), file_format)
         entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     del parts, batches, done  # the maps close with the last table using them

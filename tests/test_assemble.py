@@ -337,3 +337,23 @@ def test_a_flanmix_worker_uses_small_pages_and_a_callers_process_is_left_alone()
 
     assert run("worker") == [0, 1]  # no transparent huge pages in a worker of its own
     assert run("caller") == [0, 0]  # the settings of a process flanmix did not start: untouched
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_local_scratch_folder_gives_the_same_shards_and_is_left_empty(tmp_path, workers):
+    from flanmix.catalog import load_catalog
+    from flanmix.compile import compile_mixture
+    from tests.test_mix import FIXTURE, make_spec, write_sources
+
+    catalog = load_catalog(FIXTURE)
+    sources = write_sources(tmp_path / "src", n=600, n_eval=30)
+    kw = dict(catalog=catalog, workers=workers, base_dir=tmp_path, offline=True)
+    spec = make_spec(cap=600, total_rows=None, sources=sources, output={"shard_bytes": 20_000})
+    plain = compile_mixture(spec, tmp_path / "plain", **kw)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "theirs.txt").write_text("a file of the user's")
+    on_scratch = compile_mixture(spec, tmp_path / "out", scratch=str(scratch), **kw)
+    assert on_scratch["splits"] == plain["splits"]  # several shards, the same sha256s
+    assert len(plain["splits"]["train"]["shards"]) > 1
+    assert [p.name for p in scratch.iterdir()] == ["theirs.txt"]
