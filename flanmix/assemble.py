@@ -14,15 +14,19 @@ of every run. The shard writer reads only the batches of each run that its range
 (small ones are copied, large ones stay memory-mapped) and merges them in id order, a row group
 at a time. Nothing depends on the number of workers or the
 executor. Runs and shards go through :mod:`flanmix.storage`, so on a cluster they can live on
-shared storage (``executor.scratch``).
+shared storage (``executor.scratch``). On one machine, runs go to memory-backed storage
+(``/dev/shm``) while the machine has memory to spare (:func:`fast_runs_dir`), else to the staging
+folder.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import mmap
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -61,6 +65,7 @@ class Run:
     text_bytes: int  # UTF-8 bytes of inputs and targets
     firsts: tuple[str, ...]  # the first id of every record batch
     last: str  # the last id
+    where: int = 0  # which of the compile's run folders holds it (0: on disk, 1: in memory)
 
 
 def init_worker(ctx: WorkerContext) -> UnitRenderer:
@@ -96,25 +101,117 @@ def _text_bytes(table: pa.Table) -> int:
 
 def render_unit_job(renderer: UnitRenderer, args: tuple) -> tuple:
     """Render one unit and write its rows, sorted by ``example_id``, as one run (no file for an
-    empty unit); returns (uid, stats, :class:`Run`)."""
-    unit, runs_dir = args
+    empty unit); returns (uid, stats, :class:`Run`).
+
+    ``args``: (unit, run folders): the folder on disk (or shared storage), and a memory-backed
+    one (:func:`fast_runs_dir`) or None. A run goes to the memory-backed folder while the machine
+    keeps :func:`spare_memory` beside it, else (or if that write fails) to the one on disk."""
+    unit, dirs = args
     rendered, stats = renderer.render(unit)
     table = _as_sorted_table(rendered)
     del rendered
-    path = run_path(runs_dir, unit.split, unit.uid)
     n = table.num_rows
     firsts: tuple[str, ...] = ()
     last = ""
+    where = 0
     if n:
         ids = table.column("example_id")
         firsts = tuple(ids[i].as_py() for i in range(0, n, RUN_BATCH))
         last = ids[n - 1].as_py()
-        with storage.open_output(path) as sink, pa.ipc.new_file(sink, SCHEMA) as w:
-            w.write_table(table, max_chunksize=RUN_BATCH)
-    run = Run(unit.uid, unit.split, n, _text_bytes(table) if n else 0, firsts, last)
+        if dirs[1] is not None and spare_memory(table.nbytes):
+            try:
+                _write_run(table, run_path(dirs[1], unit.split, unit.uid))
+                where = 1
+            except OSError:  # full after all (another process took the room): on disk
+                with contextlib.suppress(OSError):
+                    os.unlink(run_path(dirs[1], unit.split, unit.uid))
+        if where == 0:
+            _write_run(table, run_path(dirs[0], unit.split, unit.uid))
+    run = Run(unit.uid, unit.split, n, _text_bytes(table) if n else 0, firsts, last, where)
     del table
     _give_back_memory()
     return (unit.uid, stats, run)
+
+
+def _write_run(table: pa.Table, path: str) -> None:
+    with storage.open_output(path) as sink, pa.ipc.new_file(sink, SCHEMA) as w:
+        w.write_table(table, max_chunksize=RUN_BATCH)
+
+
+#: Where runs may be held in memory: a tmpfs that Linux mounts on every machine.
+FAST_ROOT = "/dev/shm"
+FAST_PREFIX = "flanmix-runs-"
+#: A run goes to memory-backed storage only if the machine keeps this share of its memory
+#: available beside it (and at least SPARE_MIN): runs there are memory that nothing can reclaim
+#: until the compile removes them.
+SPARE_SHARE = 0.25
+SPARE_MIN = 1 << 30
+
+
+def _meminfo() -> dict[str, int]:
+    out = {}
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                name, _, rest = line.partition(b":")
+                out[name.decode()] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def spare_memory(nbytes: int, root: str = FAST_ROOT) -> bool:
+    """Whether ``nbytes`` more of memory-backed runs leave the machine :data:`SPARE_SHARE` of its
+    memory available (at least :data:`SPARE_MIN`) and fit the tmpfs at ``root``."""
+    info = _meminfo()
+    if "MemAvailable" not in info or "MemTotal" not in info:
+        return False
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return False
+    keep = max(SPARE_MIN, int(SPARE_SHARE * info["MemTotal"]))
+    room = st.f_bavail * st.f_frsize
+    return info["MemAvailable"] - nbytes >= keep and room - nbytes >= keep // 4
+
+
+def fast_runs_dir(tag: str) -> str | None:
+    """A new folder for one compile's runs in memory (``/dev/shm/flanmix-runs-<pid>-<tag>``), or
+    None where there is no such tmpfs (not Linux, a container without it, no room).
+
+    Runs are written once and read back at once by the shard writers, then removed: on disk they
+    cost the file system's work for nothing. On this project's VM (ext4), writing the 920 MB of
+    runs of 50k few-shot rows took 1.4-7.2 s on disk against 0.45 s in ``/dev/shm``. Folders of
+    compiles killed before they could remove theirs are removed here (their process is gone)."""
+    root = Path(FAST_ROOT)
+    if not sys.platform.startswith("linux") or not root.is_dir() or not os.access(root, os.W_OK):
+        return None
+    clean_fast_runs()
+    if not spare_memory(0):
+        return None
+    path = root / f"{FAST_PREFIX}{os.getpid()}-{tag}"
+    try:
+        path.mkdir(mode=0o700)
+    except OSError:
+        return None
+    return str(path)
+
+
+def clean_fast_runs() -> list[str]:
+    """Remove the memory-backed run folders of compiles whose process is gone (killed)."""
+    from .publish import pid_alive
+
+    removed = []
+    for p in Path(FAST_ROOT).glob(f"{FAST_PREFIX}*"):
+        pid = p.name[len(FAST_PREFIX) :].split("-", 1)[0]
+        try:
+            mine = p.is_dir() and not p.is_symlink() and p.stat().st_uid == os.getuid()
+        except OSError:
+            continue
+        if mine and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(str(p))
+    return removed
 
 
 #: A worker hands freed memory back to the system only while it holds more than this. Below it
@@ -233,9 +330,10 @@ def run_path(runs_dir: str, split: str, uid: int) -> str:
 
 
 def run_slices(runs: list[Run], lo: str, hi: str | None) -> np.ndarray:
-    """(uid, first batch, end batch) of every run that may hold ids in ``[lo, hi)``, in run order:
-    the batches whose ids can fall in the range (the exact rows are cut when read). One int64 row
-    per run, so the jobs of many shards over many runs stay small."""
+    """(uid, first batch, end batch, folder) of every run that may hold ids in ``[lo, hi)``, in
+    run order: the batches whose ids can fall in the range (the exact rows are cut when read), and
+    which run folder holds it. One int64 row per run, so the jobs of many shards over many runs
+    stay small."""
     out = []
     for run in runs:
         if not run.rows or run.last < lo or (hi is not None and run.firsts[0] >= hi):
@@ -243,8 +341,8 @@ def run_slices(runs: list[Run], lo: str, hi: str | None) -> np.ndarray:
         b0 = max(0, bisect.bisect_right(run.firsts, lo) - 1)
         b1 = len(run.firsts) if hi is None else bisect.bisect_left(run.firsts, hi)
         if b1 > b0:
-            out.append((run.uid, b0, b1))
-    return np.array(out, dtype=np.int64).reshape(-1, 3)
+            out.append((run.uid, b0, b1, run.where))
+    return np.array(out, dtype=np.int64).reshape(-1, 4)
 
 
 def _ids16(ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -415,15 +513,16 @@ def _open_files_budget(want: int) -> int:
 def write_shard_job(_renderer: UnitRenderer, args: tuple) -> dict[str, Any]:
     """Merge one shard's slices of the sorted runs in ``example_id`` order into ``out_dir``, hash it.
 
-    ``args``: (split, index, count, runs_dir, slices from :func:`run_slices`, lo, hi, out_dir,
-    format). Row groups are written as they are merged: the shard is never gathered whole.
+    ``args``: (split, index, count, run folders (as for :func:`render_unit_job`), slices from
+    :func:`run_slices`, lo, hi, out_dir, format). Row groups are written as they are merged: the
+    shard is never gathered whole.
     """
-    split, index, count, runs_dir, slices, lo, hi, out_dir, file_format = args
+    split, index, count, dirs, slices, lo, hi, out_dir, file_format = args
     parts, maps = [], []
     budget = _open_files_budget(len(slices)) if hasattr(mmap, "MADV_DONTNEED") else 0
     copied = 0
-    for k, (uid, b0, b1) in enumerate(slices.tolist()):
-        where = run_path(runs_dir, split, uid)
+    for k, (uid, b0, b1, folder) in enumerate(slices.tolist()):
+        where = run_path(dirs[folder], split, uid)
         part, mapped = _read_run(where, b0, b1, lo, hi, mapped=k < budget)
         size = part.nbytes
         if mapped is not None and size <= SMALL_SLICE and copied + size <= COPY_BUDGET:

@@ -18,7 +18,9 @@ With ``holdout.leave_one_cluster_out`` one mixture per training cluster is compi
 staging folder and published whole, its ``loco.json`` index last.
 
 Memory is bounded by one unit per worker and one row group per shard writer, whatever the mixture
-size.
+size. On one machine the runs themselves are held in memory-backed storage (``/dev/shm``) while the
+machine keeps a quarter of its memory available beside them (:func:`flanmix.assemble.spare_memory`),
+and go to the staging folder beyond that.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import pyarrow as pa
 from . import __version__, storage
 from .assemble import (
     Run,
+    fast_runs_dir,
     init_worker,
     render_unit_job,
     run_slices,
@@ -290,9 +293,13 @@ def _render_and_assemble(
         else None
     )
     runs_dir = storage.join(work, "runs") if work else str(tmp / "runs")
+    # on one machine without a scratch folder, runs are held in memory while there is room
+    one_machine = getattr(executor, "one_machine", False)
+    fast = None if work or not one_machine else fast_runs_dir(str(time.time_ns()))
+    dirs = (runs_dir, fast)
     try:
         with executor.start(init_worker, ctx, len(plan.units)) as workers:
-            jobs = [(u, runs_dir) for u in plan.units]
+            jobs = [(u, dirs) for u in plan.units]
             kind = "" if executor.name == "local" else f"{executor.name} "
             say(f"rendering {len(plan.units)} units with {workers.count} {kind}worker(s)")
             results = list(workers.map(render_unit_job, jobs))
@@ -305,7 +312,7 @@ def _render_and_assemble(
                 )
             shard_dir = storage.join(work, "shards") if work else str(tmp)
             runs = [run for *_, run in results]
-            shard_jobs = _shard_jobs(job, plan, runs, runs_dir, shard_dir)
+            shard_jobs = _shard_jobs(job, plan, runs, dirs, shard_dir)
             say(f"writing {len(shard_jobs)} shard(s)")
             shard_results = list(workers.map(write_shard_job, shard_jobs))
         if work:
@@ -318,6 +325,8 @@ def _render_and_assemble(
                     )
     finally:
         storage.remove(work or runs_dir)
+        if fast is not None:
+            storage.remove(fast)
     splits: dict[str, Any] = {}
     for (split, *_), entry in zip(shard_jobs, shard_results, strict=True):
         splits.setdefault(split, {"shards": [], "rows": 0})
@@ -327,7 +336,7 @@ def _render_and_assemble(
 
 
 def _shard_jobs(
-    job: CompileJob, plan: Plan, runs: list[Run], runs_dir: str, shard_dir: str
+    job: CompileJob, plan: Plan, runs: list[Run], dirs: tuple[str, str | None], shard_dir: str
 ) -> list[tuple]:
     """One job per shard: the shard count of each split from its rendered rows and text bytes
     (``output.shards`` fixes the train count), each shard an equal range of the example ids."""
@@ -349,7 +358,7 @@ def _shard_jobs(
             )
         for i, (lo, hi) in enumerate(shard_ranges(n)):
             slices = run_slices(mine, lo, hi)
-            jobs.append((split, i, n, runs_dir, slices, lo, hi, shard_dir, out.format))
+            jobs.append((split, i, n, dirs, slices, lo, hi, shard_dir, out.format))
     return jobs
 
 

@@ -54,6 +54,9 @@ class Executor(Protocol):
 
     name: str
     scratch: str | None  # a folder or fsspec URL for the workers' files; None: the staging folder
+    #: all workers on this machine: files one writes outside the staging folder (runs in
+    #: memory-backed storage) can be read by another
+    one_machine: bool
 
     def start(
         self, setup: Callable[[Any], Any], context: Any, max_jobs: int
@@ -246,6 +249,7 @@ class LocalExecutor:
     """
 
     name = "local"
+    one_machine = True  # every worker reads what another wrote on this machine
     #: What a warm worker imports before its first job (pyarrow imports pandas on its first
     #: conversion of Python objects, when pandas is installed).
     WARM_MODULES = ("flanmix.assemble", "pandas")
@@ -398,6 +402,11 @@ class RayExecutor:
         self.scratch = scratch
         self._ray = None
         self._owned = False
+
+    @property
+    def one_machine(self) -> bool:
+        """A Ray started for the compile runs on this machine; a cluster's may not."""
+        return not self.address and not os.environ.get("RAY_ADDRESS")
 
     def __enter__(self) -> RayExecutor:
         return self

@@ -244,7 +244,8 @@ def tmp_dir_for(out: Path) -> Path:
     return out.parent / f".{out.name}.tmp-{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (someone else's counts: it may be a writer too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -260,12 +261,12 @@ def clean_stale(out: Path) -> list[Path]:
     removed = []
     for p in out.parent.glob(f".{out.name}.tmp-*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     for p in out.parent.glob(f".{out.name}.old-*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             if not out.exists():  # killed between the two renames: put the old mixture back
                 p.rename(out)
             else:

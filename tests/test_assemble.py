@@ -3,6 +3,7 @@ shard at once (and the same Arrow batches)."""
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -153,7 +154,8 @@ def test_shards_take_equal_id_ranges_cut_from_sorted_runs(tmp_path, monkeypatch,
     out = []
     for s, (lo, hi) in enumerate(ranges):
         slices = assemble.run_slices(runs, lo, hi)
-        args = ("train", s, n, str(tmp_path / "runs"), slices, lo, hi, str(tmp_path), "arrow")
+        dirs = (str(tmp_path / "runs"), None)
+        args = ("train", s, n, dirs, slices, lo, hi, str(tmp_path), "arrow")
         entry = assemble.write_shard_job(None, args)
         with pa.OSFile(str(tmp_path / entry["file"])) as f:
             shard = pa.ipc.open_stream(f).read_all()
@@ -357,3 +359,71 @@ def test_a_local_scratch_folder_gives_the_same_shards_and_is_left_empty(tmp_path
     assert on_scratch["splits"] == plain["splits"]  # several shards, the same sha256s
     assert len(plain["splits"]["train"]["shards"]) > 1
     assert [p.name for p in scratch.iterdir()] == ["theirs.txt"]
+
+
+def _compile_small(tmp_path, name, workers=1):
+    from flanmix.catalog import load_catalog
+    from flanmix.compile import compile_mixture
+    from tests.test_mix import FIXTURE, make_spec, write_sources
+
+    sources = write_sources(tmp_path / f"src_{name}", n=600, n_eval=30)
+    spec = make_spec(cap=600, total_rows=None, sources=sources, output={"shard_bytes": 20_000})
+    kw = dict(catalog=load_catalog(FIXTURE), workers=workers, base_dir=tmp_path, offline=True)
+    return compile_mixture(spec, tmp_path / name, **kw)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_runs_held_in_memory_where_there_is_room_give_the_same_shards(
+    tmp_path, monkeypatch, workers
+):
+    """Runs go to the memory-backed folder while spare_memory says so, else to disk, run by run;
+    the shards are the same bytes whichever way, and the folder is gone after the compile."""
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(assemble, "FAST_ROOT", str(shm))
+    monkeypatch.setattr(assemble, "spare_memory", lambda nbytes, root=None: False)
+    on_disk = _compile_small(tmp_path, "disk", workers)
+    seen = []
+
+    def every_other(nbytes, root=None):  # some runs in memory, some on disk
+        seen.append(nbytes)
+        return len(seen) % 2 == 1
+
+    monkeypatch.setattr(assemble, "spare_memory", every_other)
+    mixed = _compile_small(tmp_path, "mixed", workers)
+    monkeypatch.setattr(assemble, "spare_memory", lambda nbytes, root=None: True)
+    in_memory = _compile_small(tmp_path, "memory", workers)
+    assert mixed["splits"] == on_disk["splits"] == in_memory["splits"]
+    assert len(on_disk["splits"]["train"]["shards"]) > 1
+    if workers == 1:  # forked workers count in their own copies
+        assert len(seen) > 2
+    assert list(shm.iterdir()) == []  # removed by each compile
+
+
+def test_memory_backed_runs_of_dead_compiles_are_removed_and_nothing_else(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(assemble, "FAST_ROOT", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"{assemble.FAST_PREFIX}{dead.pid}-1"
+    live = tmp_path / f"{assemble.FAST_PREFIX}{os.getppid()}-2"
+    theirs = tmp_path / "flanmix-something-else"
+    for folder in (stale, live, theirs):
+        (folder / "train").mkdir(parents=True)
+        (folder / "train" / "0000001.arrow").write_bytes(b"x")
+    assert assemble.clean_fast_runs() == [str(stale)]
+    assert not stale.exists() and live.exists() and theirs.exists()
+    made = assemble.fast_runs_dir("tag")
+    if made is not None:  # this machine has the memory to spare
+        assert made == str(tmp_path / f"{assemble.FAST_PREFIX}{os.getpid()}-tag")
+        assert oct(Path(made).stat().st_mode & 0o777) == "0o700"
+
+
+def test_spare_memory_keeps_a_share_of_the_machine_free():
+    info = assemble._meminfo()
+    if not info:
+        pytest.skip("no /proc/meminfo")
+    keep = max(assemble.SPARE_MIN, int(assemble.SPARE_SHARE * info["MemTotal"]))
+    assert not assemble.spare_memory(info["MemAvailable"] - keep + (1 << 30))
+    assert not assemble.spare_memory(0, root="/no/such/folder")

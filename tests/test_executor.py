@@ -171,3 +171,14 @@ def test_pool_workers_know_they_are_flanmix_processes_and_the_caller_does_not(mo
     with LocalExecutor(workers=1) as ex, ex.start(_setup, None, max_jobs=2) as w:
         assert list(w.map(_own, range(2))) == [False, False]  # in this process
     assert own_worker() is False
+
+
+def test_which_executors_keep_every_worker_on_this_machine(monkeypatch):
+    from flanmix.executor import RayExecutor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert LocalExecutor(2).one_machine
+    assert RayExecutor(2).one_machine  # a Ray started for the compile
+    assert not RayExecutor(2, address="ray://head:10001").one_machine
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")  # inside a Ray job: a cluster's
+    assert not RayExecutor(2).one_machine
