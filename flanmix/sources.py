@@ -345,33 +345,21 @@ class SourceReader:
                     offsets.append(offsets[-1] + pf.metadata.row_group(i).num_rows)
                 self._files.append((pf, offsets))
 
-    #: The row groups read last are kept for the next units, up to this many bytes in all (the
-    #: oldest dropped first): consecutive units of a task read the same groups (a unit of few-shot
-    #: rows is a fifth of a 10k-row group; a pass over a source crosses a group's end mid-unit).
+    #: The row groups of the last read are kept for the next unit when they hold at most this
+    #: many bytes: consecutive units of a task read the same groups (a unit of few-shot rows is a
+    #: fifth of a 10k-row group; a pass over a source crosses a group's end mid-unit).
     KEEP_BYTES = 64 * 2**20
 
     def _row_groups(self, pf: Any, first: int, last: int) -> pa.Table:
-        """Row groups ``first..last`` of ``pf`` as one table, each group read once while kept.
-        Kept groups this call does not need leave first (the oldest first) when the new ones
-        would not fit beside them, so a reader holds at most what one unit needs or KEEP_BYTES."""
+        """Row groups ``first..last`` of ``pf`` as one table. Groups kept from the last read are
+        used again, not read again; the others are dropped before reading, so a reader holds one
+        read's groups at a time (the last, if within KEEP_BYTES)."""
         want = [(id(pf), i) for i in range(first, last + 1)]
-        meta = pf.metadata
-        need = sum(meta.row_group(k[1]).total_byte_size for k in want if k not in self._kept)
-        held = sum(t.nbytes for t in self._kept.values())
-        for key in [k for k in self._kept if k not in want]:
-            if held + need <= self.KEEP_BYTES:
-                break
-            held -= self._kept.pop(key).nbytes
-        parts = []
-        for key in want:
-            group = self._kept.pop(key, None)
-            if group is None:
-                group = pf.read_row_group(key[1])
-            parts.append(group)
-            self._kept[key] = group  # the newest last
-        if sum(t.nbytes for t in parts) > self.KEEP_BYTES:  # too big to keep for the next unit
-            for key in want:
-                del self._kept[key]
+        kept = {k: t for k, t in self._kept.items() if k in want}
+        self._kept = {}
+        parts = [kept[k] if k in kept else pf.read_row_group(k[1]) for k in want]
+        if sum(t.nbytes for t in parts) <= self.KEEP_BYTES:
+            self._kept = dict(zip(want, parts, strict=True))
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
     def read(self, indices: np.ndarray) -> list[dict[str, Any]]:
