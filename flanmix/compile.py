@@ -293,12 +293,13 @@ def _render_and_assemble(
         else None
     )
     runs_dir = storage.join(work, "runs") if work else str(tmp / "runs")
-    # on one machine without a scratch folder, runs are held in memory while there is room
-    one_machine = getattr(executor, "one_machine", False)
-    fast = None if work or not one_machine else fast_runs_dir(str(time.time_ns()))
-    dirs = (runs_dir, fast)
+    fast = None
     try:
         with executor.start(init_worker, ctx, len(plan.units)) as workers:
+            # workers all on this machine, no scratch folder: runs in memory while there is room
+            if not work and getattr(workers, "one_machine", False):
+                fast = fast_runs_dir(str(time.time_ns()))
+            dirs = (runs_dir, fast)
             jobs = [(u, dirs) for u in plan.units]
             kind = "" if executor.name == "local" else f"{executor.name} "
             say(f"rendering {len(plan.units)} units with {workers.count} {kind}worker(s)")

@@ -43,6 +43,9 @@ class Workers(Protocol):
     """Started workers, each holding its state: run jobs on them."""
 
     count: int
+    #: every worker runs on the caller's machine (:func:`machine_id`), so a file one writes
+    #: outside the staging folder (runs in memory-backed storage) can be read by another
+    one_machine: bool
 
     def map(self, fn: Callable[[Any, J], R], jobs: Iterable[J]) -> Iterator[R]:
         """``fn(state, job)`` for every job, results in job order; a job's error is raised here."""
@@ -54,9 +57,6 @@ class Executor(Protocol):
 
     name: str
     scratch: str | None  # a folder or fsspec URL for the workers' files; None: the staging folder
-    #: all workers on this machine: files one writes outside the staging folder (runs in
-    #: memory-backed storage) can be read by another
-    one_machine: bool
 
     def start(
         self, setup: Callable[[Any], Any], context: Any, max_jobs: int
@@ -166,7 +166,20 @@ def _local_job(item: tuple) -> tuple:
     return _call(fn, _STATE, job)
 
 
+def machine_id() -> str:
+    """This machine as its workers see it: the host name and, on Linux, the kernel's boot id (two
+    containers of one host have different names, and their own ``/dev/shm``)."""
+    import socket
+
+    boot = ""
+    with contextlib.suppress(OSError), open("/proc/sys/kernel/random/boot_id", "rb") as fh:
+        boot = fh.read().decode("ascii", "replace").strip()
+    return f"{socket.gethostname()}/{boot}"
+
+
 class _InProcess:
+    one_machine = True
+
     def __init__(self, state: Any):
         self.count = 1
         self._state = state
@@ -177,6 +190,8 @@ class _InProcess:
 
 
 class _Pool:
+    one_machine = True
+
     def __init__(self, pool, count: int, setup: Callable, context_file: str):
         self.count = count
         self._pool = pool
@@ -249,7 +264,6 @@ class LocalExecutor:
     """
 
     name = "local"
-    one_machine = True  # every worker reads what another wrote on this machine
     #: What a warm worker imports before its first job (pyarrow imports pandas on its first
     #: conversion of Python objects, when pandas is installed).
     WARM_MODULES = ("flanmix.assemble", "pandas")
@@ -324,6 +338,9 @@ class _RayWorker:
         except BaseException as exc:  # noqa: BLE001 - reported by the first job
             self._error = _error_payload(exc)
 
+    def machine(self) -> str:
+        return machine_id()
+
     def run(self, fn: Callable, job: Any) -> tuple:
         if self._error is not None:
             return self._error
@@ -337,6 +354,9 @@ class _RayWorkers:
         self.count = len(actors)
         self._ray = ray
         self._actors = actors
+        # where the actors run, asked once they are up (they stay where they are for the run)
+        here = machine_id()
+        self.one_machine = all(m == here for m in ray.get([a.machine.remote() for a in actors]))
 
     def map(self, fn, jobs):
         ray = self._ray
@@ -402,11 +422,6 @@ class RayExecutor:
         self.scratch = scratch
         self._ray = None
         self._owned = False
-
-    @property
-    def one_machine(self) -> bool:
-        """A Ray started for the compile runs on this machine; a cluster's may not."""
-        return not self.address and not os.environ.get("RAY_ADDRESS")
 
     def __enter__(self) -> RayExecutor:
         return self

@@ -173,12 +173,10 @@ def test_pool_workers_know_they_are_flanmix_processes_and_the_caller_does_not(mo
     assert own_worker() is False
 
 
-def test_which_executors_keep_every_worker_on_this_machine(monkeypatch):
-    from flanmix.executor import RayExecutor
+def test_local_workers_are_on_this_machine_and_a_machine_has_one_id():
+    from flanmix.executor import machine_id
 
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert LocalExecutor(2).one_machine
-    assert RayExecutor(2).one_machine  # a Ray started for the compile
-    assert not RayExecutor(2, address="ray://head:10001").one_machine
-    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")  # inside a Ray job: a cluster's
-    assert not RayExecutor(2).one_machine
+    for n in (1, 2):
+        with LocalExecutor(workers=n) as ex, ex.start(_setup, None, max_jobs=2) as w:
+            assert w.one_machine
+    assert machine_id() == machine_id() and machine_id().startswith(os.uname().nodename)

@@ -121,6 +121,7 @@ def test_executor_keeps_job_order_and_located_errors(kind, local_ray):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers lack tests/
     with make_executor(kind, workers=2) as executor, executor.start(_setup, 100, 8) as workers:
         assert workers.count == 2
+        assert workers.one_machine  # a local Ray: its actors are on this machine
         assert list(workers.map(_job, [0, 1, 2, 5, 6, 7, 8])) == [100, 101, 102, 105, 106, 107, 108]
         with pytest.raises(TemplateError) as info:
             list(workers.map(_job, range(6)))
