@@ -119,12 +119,13 @@ def render_unit_job(renderer: UnitRenderer, args: tuple) -> tuple:
         firsts = tuple(ids[i].as_py() for i in range(0, n, RUN_BATCH))
         last = ids[n - 1].as_py()
         if dirs[1] is not None and spare_memory(table.nbytes):
+            in_memory = run_path(dirs[1], unit.split, unit.uid)
             try:
-                _write_run(table, run_path(dirs[1], unit.split, unit.uid))
+                _write_run(table, in_memory)
                 where = 1
             except OSError:  # full after all (another process took the room): on disk
                 with contextlib.suppress(OSError):
-                    os.unlink(run_path(dirs[1], unit.split, unit.uid))
+                    os.unlink(in_memory)
         if where == 0:
             _write_run(table, run_path(dirs[0], unit.split, unit.uid))
     run = Run(unit.uid, unit.split, n, _text_bytes(table) if n else 0, firsts, last, where)

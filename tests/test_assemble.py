@@ -427,3 +427,25 @@ def test_spare_memory_keeps_a_share_of_the_machine_free():
     keep = max(assemble.SPARE_MIN, int(assemble.SPARE_SHARE * info["MemTotal"]))
     assert not assemble.spare_memory(info["MemAvailable"] - keep + (1 << 30))
     assert not assemble.spare_memory(0, root="/no/such/folder")
+
+
+def test_a_run_that_cannot_be_written_in_memory_goes_to_disk(tmp_path, monkeypatch):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(assemble, "FAST_ROOT", str(shm))
+    monkeypatch.setattr(assemble, "spare_memory", lambda nbytes, root=None: True)
+    in_memory = _compile_small(tmp_path, "memory")
+    write = assemble._write_run
+    failed = []
+
+    def full(table, path):  # the tmpfs fills up while the run is written
+        if path.startswith(str(shm)):
+            write(table.slice(0, 1), path)  # a partial file is left behind
+            failed.append(path)
+            raise OSError(28, "No space left on device")
+        write(table, path)
+
+    monkeypatch.setattr(assemble, "_write_run", full)
+    fallen = _compile_small(tmp_path, "fallen")
+    assert failed and fallen["splits"] == in_memory["splits"]
+    assert list(shm.iterdir()) == []
