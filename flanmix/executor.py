@@ -356,7 +356,11 @@ class _RayWorkers:
         self._actors = actors
         # where the actors run, asked once they are up (they stay where they are for the run)
         here = machine_id()
-        self.one_machine = all(m == here for m in ray.get([a.machine.remote() for a in actors]))
+        try:
+            machines = ray.get([a.machine.remote() for a in actors])
+        except ray.exceptions.RayError as exc:  # an actor died starting (killed, out of memory ...)
+            raise _ray_failed(exc, starting=True) from None
+        self.one_machine = all(m == here for m in machines)
 
     def map(self, fn, jobs):
         ray = self._ray
@@ -384,14 +388,22 @@ class _RayWorkers:
                 try:
                     done[index] = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    raise CompileError(
-                        f"a Ray worker failed: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                        hint="see the Ray logs (ray logs, or /tmp/ray/session_latest/logs)",
-                    ) from None
+                    raise _ray_failed(exc) from None
             submit()
             while nxt in done:
                 yield _unwrap(done.pop(nxt))
                 nxt += 1
+
+
+def _ray_failed(exc: BaseException, starting: bool = False) -> CompileError:
+    """A Ray worker that died or failed outside a job, in one line. ``starting``: before its
+    first job, where a cluster whose ``RAY_AUTH_MODE`` differs from this process's loses its
+    actors (seen with Ray 2.60: a head started with it ``disabled``, a caller without it)."""
+    first = (str(exc).splitlines() or [""])[0]
+    hint = "see the Ray logs (ray logs, or /tmp/ray/session_latest/logs)"
+    if starting:
+        hint += "; a cluster started with RAY_AUTH_MODE set needs the same setting here"
+    return CompileError(f"a Ray worker failed: {type(exc).__name__}: {first}", hint=hint)
 
 
 def _import_ray():

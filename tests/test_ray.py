@@ -131,6 +131,23 @@ def test_executor_keeps_job_order_and_located_errors(kind, local_ray):
         assert list(workers.map(_job, [1])) == [101]  # the workers survive a job's error
 
 
+def _die(context: int) -> int:
+    os._exit(3)  # an actor's process gone while starting (killed, out of memory ...)
+
+
+def test_actor_dead_at_start_is_one_line(local_ray):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with make_executor("ray", workers=2) as executor:
+        with pytest.raises(CompileError, match=r"^a Ray worker failed: \w+Error: ") as info:
+            with executor.start(_die, 0, 2):
+                pass
+        assert "\n  hint: see the Ray logs" in str(info.value)
+        assert str(info.value).count("\n") == 1
+        # the cluster is still good for the next start
+        with executor.start(_setup, 1, 2) as workers:
+            assert list(workers.map(_job, [0, 1])) == [1, 2]
+
+
 def _ray_spec_file(tmp_path: Path, name: str, rows: int, extra: str = "") -> Path:
     """A spec file compiled on Ray (``executor: ray``) over ``rows`` rows of fixture sources."""
     sources = write_sources(tmp_path / "src", n=rows, n_eval=min(100, rows // 6))
