@@ -73,7 +73,34 @@ def init_worker(ctx: WorkerContext) -> UnitRenderer:
 
     if own_worker():  # a pool worker or a Ray actor: a process of flanmix's own
         tune_own_process()
+        hide_pandas()
     return UnitRenderer(ctx)
+
+
+class _NoPandas:
+    """An import finder that says pandas is not installed (:func:`hide_pandas`)."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is not imported in flanmix's compile workers", name=name)
+
+
+def hide_pandas() -> bool:
+    """Keep pandas out of a compile worker of flanmix's own; True if it is kept out.
+
+    pyarrow imports pandas, when it is installed, the first time it converts Python objects (to
+    recognise pandas objects and missing values): a quarter of a second of imports in every fresh
+    worker process, as much as all of flanmix's, before its first row. A compile worker hands
+    pyarrow lists and numpy arrays only and never asks it for pandas objects, so pandas is made to
+    look not installed there (an import finder; pyarrow then converts without it). A worker
+    forked from a caller that has pandas imported keeps it: nothing to save. Only for processes of
+    flanmix's own, which run compile jobs: ``import pandas`` fails in them afterwards."""
+    if "pandas" in sys.modules:
+        return False
+    if _NoPandas not in sys.meta_path:
+        sys.meta_path.insert(0, _NoPandas)  # type: ignore[arg-type]
+    return True
 
 
 def _as_sorted_table(rendered: pa.Table | dict[str, list]) -> pa.Table:

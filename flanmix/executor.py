@@ -146,8 +146,8 @@ def _local_warm(modules: tuple[str, ...]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     _die_with_parent()
-    for name in modules:
-        with contextlib.suppress(ImportError):  # the job reports it, located
+    for name in modules:  # nothing here may raise: a pool replaces a worker whose start failed
+        with contextlib.suppress(Exception):  # the job reports it, located
             importlib.import_module(name)
 
 
@@ -264,9 +264,9 @@ class LocalExecutor:
     """
 
     name = "local"
-    #: What a warm worker imports before its first job (pyarrow imports pandas on its first
-    #: conversion of Python objects, when pandas is installed).
-    WARM_MODULES = ("flanmix.assemble", "pandas")
+    #: What a warm worker imports before its first job (not pandas, which pyarrow imports on its
+    #: first conversion where installed: :func:`flanmix.assemble.hide_pandas`).
+    WARM_MODULES = ("flanmix.assemble",)
 
     def __init__(self, workers: int | None = None, scratch: str | None = None):
         self.workers = workers

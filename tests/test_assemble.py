@@ -341,6 +341,80 @@ def test_a_flanmix_worker_uses_small_pages_and_a_callers_process_is_left_alone()
     assert run("caller") == [0, 0]  # the settings of a process flanmix did not start: untouched
 
 
+_PANDAS = """
+import sys
+from flanmix import assemble, executor
+import pyarrow as pa
+if sys.argv[1] == "worker":
+    executor._OWN_WORKER = True  # as a pool worker's start or a Ray actor sets it
+try:
+    assemble.init_worker(None)
+except Exception:  # no context: the renderer fails after the process settings
+    pass
+table = pa.Table.from_pydict({"s": pa.array(["a", None]), "n": pa.array([1, 2], pa.int64())})
+assert table.to_pylist() == [{"s": "a", "n": 1}, {"s": None, "n": 2}]
+pa.array([float("nan"), None])
+print("pandas" in sys.modules)
+try:
+    import pandas
+    print("imported")
+except ModuleNotFoundError as exc:
+    print(exc)
+"""
+
+
+def test_a_flanmix_worker_converts_without_importing_pandas_and_a_caller_keeps_it():
+    import subprocess
+
+    pytest.importorskip("pandas")
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", _PANDAS, mode], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()
+
+    assert run("worker") == ["False", "pandas is not imported in flanmix's compile workers"]
+    assert run("caller") == ["True", "imported"]  # pyarrow imports it where flanmix did not start
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two workers")
+def test_spawned_compile_workers_never_import_pandas(tmp_path, monkeypatch):
+    """Fresh (spawned) pool workers set up as a compile's convert rows without importing pandas,
+    and a compile on two of them gives the shards of one worker."""
+    from flanmix.catalog import load_catalog
+    from flanmix.compile import compile_mixture
+    from flanmix.executor import LocalExecutor
+    from tests.test_mix import FIXTURE, make_spec, write_sources
+
+    pytest.importorskip("pandas")
+    monkeypatch.setenv("FLANMIX_START_METHOD", "spawn")
+    with LocalExecutor(workers=2) as ex, ex.start(_compile_setup, None, max_jobs=2) as w:
+        assert w.count == 2
+        assert list(w.map(_has_pandas, range(2))) == [(True, False), (True, False)]
+    sources = write_sources(tmp_path / "src", n=600, n_eval=30)
+    spec = make_spec(cap=600, total_rows=None, sources=sources, output={"shard_bytes": 20_000})
+    kw = dict(catalog=load_catalog(FIXTURE), base_dir=tmp_path, offline=True)
+    lines: list[str] = []
+    two = compile_mixture(spec, tmp_path / "two", workers=2, log=lines.append, **kw)
+    assert any(line.endswith("with 2 worker(s)") for line in lines)
+    one = compile_mixture(spec, tmp_path / "one", workers=1, **kw)
+    assert two["splits"] == one["splits"]  # the same shards (sha256s)
+
+
+def _compile_setup(context):
+    """A compile worker's setup (:func:`flanmix.assemble.init_worker`), without a plan: it fails
+    after the process settings."""
+    try:
+        assemble.init_worker(context)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _has_pandas(_state, _job):
+    pa.array(["a conversion, where pyarrow would import pandas"])
+    return assemble._NoPandas in sys.meta_path, "pandas" in sys.modules
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_local_scratch_folder_gives_the_same_shards_and_is_left_empty(tmp_path, workers):
     from flanmix.catalog import load_catalog
