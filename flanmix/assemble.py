@@ -83,7 +83,9 @@ class _NoPandas:
     @staticmethod
     def find_spec(name: str, path: Any = None, target: Any = None) -> None:
         if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("pandas is not imported in flanmix's compile workers", name=name)
+            raise ModuleNotFoundError(
+                "pandas is not imported in flanmix's compile workers", name=name
+            )
 
 
 def hide_pandas() -> bool:

@@ -138,9 +138,9 @@ def _die(context: int) -> int:
 def test_actor_dead_at_start_is_one_line(local_ray):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     with make_executor("ray", workers=2) as executor:
-        with pytest.raises(CompileError, match=r"^a Ray worker failed: \w+Error: ") as info:
-            with executor.start(_die, 0, 2):
-                pass
+        failed = pytest.raises(CompileError, match=r"^a Ray worker failed: \w+Error: ")
+        with failed as info, executor.start(_die, 0, 2):
+            pass
         assert "\n  hint: see the Ray logs" in str(info.value)
         assert str(info.value).count("\n") == 1
         # the cluster is still good for the next start
