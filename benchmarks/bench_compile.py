@@ -265,6 +265,26 @@ def best_raw(loop, *args, repeat: int) -> tuple[float, float]:
     return max(r[0] for r in runs), max(r[1] for r in runs)
 
 
+def _raw_side(args: tuple) -> float:
+    loop, path, out, n, repeat, barrier = args
+    loop(path, out, min(n, 2_000))  # untimed, as the one-process loop's process is warm
+    barrier.wait()
+    return best_raw(loop, path, out, n, repeat=repeat)[0]
+
+
+def raw_side_by_side(loop, path: Path, outs: list[Path], n: int, repeat: int) -> list[float]:
+    """Rows/s (with its read) of two raw loops started together in two forked processes, each the
+    best of ``repeat``: what this machine gives each of two processes doing the same work, the
+    ceiling of a per-core ratio at two workers."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(2)
+        with ctx.Pool(2) as pool:
+            return pool.map(_raw_side, [(loop, path, o, n, repeat, barrier) for o in outs])
+
+
 def promptsource_loop(path: Path, n: int) -> float | None:
     try:
         from promptsource.templates import Template
@@ -750,10 +770,18 @@ def main() -> None:
             0: best_raw(raw_loop, first, work / "raw_f.parquet", per_task, repeat=repeat),
             4: best_raw(raw_few_loop, first, work / "raw_f.parquet", per_task, repeat=repeat),
         }
+        outs = [work / "raw_f1.parquet", work / "raw_f2.parquet"]
+        side = {
+            0: raw_side_by_side(raw_loop, first, outs, per_task, repeat),
+            4: raw_side_by_side(raw_few_loop, first, outs, per_task, repeat),
+        }
         for k, shape in ((0, "long rows (~3.7 kB)"), (4, "few-shot rows k=4 (~18 kB)")):
             table.append((f"(f) raw loop with its read, {shape}, 1 core (best of {repeat})",
                           f"{raw_f[k][0]:,.0f} rows/s",
                           f"1.00x; rows already in memory: {raw_f[k][1]:,.0f} rows/s"))  # fmt: skip
+            table.append((f"(f) raw loop with its read, {shape}, 2 processes side by side (best of {repeat} each)",
+                          " and ".join(f"{r:,.0f}" for r in side[k]) + " rows/s",
+                          " and ".join(f"{r / raw_f[k][0]:.2f}x" for r in side[k]) + " of one process"))  # fmt: skip
         runner = DatasetsRunner() if "ds" not in skip else None
         shapes = (("long zero-shot", 0.0), ("few-shot k=4 (~18 kB)", 1.0))
         specs_f = {}
@@ -775,7 +803,9 @@ def main() -> None:
                 shards = sorted((work / "long").glob("train*.parquet"))
                 table.append((f"(f) {name}, {rows:,} rows, {w} worker(s) (best of {repeat})",
                               f"{rows / took:,.0f} rows/s total, {rows / took / w:,.0f}/core",
-                              f"{rows / took / w / raw_f[k][0]:.2f}x raw per core ({rows / took / w / raw_f[k][1]:.2f}x in memory); inputs {mean_input_kb(shards):.1f} kB"))  # fmt: skip
+                              f"{rows / took / w / raw_f[k][0]:.2f}x raw per core ({rows / took / w / raw_f[k][1]:.2f}x in memory"
+                              + (f"; {rows / took / w / (sum(side[k]) / 2):.2f}x of the raw loops side by side" if w == 2 else "")
+                              + f"); inputs {mean_input_kb(shards):.1f} kB"))  # fmt: skip
                 if ds_runs:
                     note = f"; inputs {mean_input_kb([ds_out]):.1f} kB"
                     table.append(datasets_row(f"(f) {name}:", w, ds_runs, rows / took, note))
