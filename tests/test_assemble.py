@@ -312,19 +312,31 @@ def test_a_worker_keeps_its_freed_heap_for_the_next_unit():
     assert grown >= 40 and returned < 8  # kept for the next unit (trimmed above TRIM_ABOVE)
 
 
-_TUNED = """
-import ctypes, sys
+# A script's process set up by init_worker as a worker of flanmix's own (argument "worker") or as
+# a caller's ("caller"): the process settings come first, then it fails without a plan.
+_SET_UP = """
+import sys
 from flanmix import assemble, executor
-libc = ctypes.CDLL("libc.so.6")
-before = libc.prctl(assemble.PR_GET_THP_DISABLE, 0, 0, 0, 0)
 if sys.argv[1] == "worker":
     executor._OWN_WORKER = True  # as a pool worker's start or a Ray actor sets it
 try:
     assemble.init_worker(None)
 except Exception:  # no context: the renderer fails after the process settings
     pass
+"""
+
+_TUNED = (
+    """
+import ctypes
+from flanmix import assemble
+libc = ctypes.CDLL("libc.so.6")
+before = libc.prctl(assemble.PR_GET_THP_DISABLE, 0, 0, 0, 0)
+"""
+    + _SET_UP
+    + """
 print(before, libc.prctl(assemble.PR_GET_THP_DISABLE, 0, 0, 0, 0))
 """
+)
 
 
 @pytest.mark.skipif(
@@ -342,16 +354,10 @@ def test_a_flanmix_worker_uses_small_pages_and_a_callers_process_is_left_alone()
     assert run("caller") == [0, 0]  # the settings of a process flanmix did not start: untouched
 
 
-_PANDAS = """
-import sys
-from flanmix import assemble, executor
+_PANDAS = (
+    _SET_UP
+    + """
 import pyarrow as pa
-if sys.argv[1] == "worker":
-    executor._OWN_WORKER = True  # as a pool worker's start or a Ray actor sets it
-try:
-    assemble.init_worker(None)
-except Exception:  # no context: the renderer fails after the process settings
-    pass
 table = pa.Table.from_pydict({"s": pa.array(["a", None]), "n": pa.array([1, 2], pa.int64())})
 assert table.to_pylist() == [{"s": "a", "n": 1}, {"s": None, "n": 2}]
 pa.array([float("nan"), None])
@@ -362,6 +368,7 @@ try:
 except ModuleNotFoundError as exc:
     print(exc)
 """
+)
 
 
 def test_a_flanmix_worker_converts_without_importing_pandas_and_a_caller_keeps_it():
