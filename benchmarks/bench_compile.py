@@ -25,13 +25,15 @@ prints a Markdown table:
     before each input, as long as flanmix's), then, as in (c), the compile on 1 and 2 workers in a
     warm process and the batched ``datasets.map`` of (c) on as many processes (few-shot: the same
     exemplar layout); last, both from the command line (starting Python included) with the peak
-    RSS of the process tree.
+    RSS of the process tree;
+(g) one source of 100k long rows written as one row group (pyarrow's and pandas' default) and as
+    1,000-row groups (what ``datasets`` writes), compiled from the command line on 2 workers.
 
 Every tool measured in a warm process (this one, and the one running ``datasets.map``) runs with
 the memory settings of flanmix's own processes (:func:`flanmix.assemble.tune_own_process`, as
 ``flanmix compile`` sets them for itself; forked workers inherit them): the same for every tool.
 
-Usage: python benchmarks/bench_compile.py [--quick] [--keep DIR] [--skip c,d,ray,e,f,ds]
+Usage: python benchmarks/bench_compile.py [--quick] [--keep DIR] [--skip c,d,ray,e,f,g,ds]
 """
 
 from __future__ import annotations
@@ -598,7 +600,8 @@ def main() -> None:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated parts to skip: c, d, ray (the Ray rows of d), e, f, ds (datasets.map)",
+        help="comma-separated parts to skip: c, d, ray (the Ray rows of d), e, f, g, ds "
+        "(datasets.map)",
     )
     args = parser.parse_args()
     from flanmix.assemble import tune_own_process
@@ -832,6 +835,43 @@ def main() -> None:
                 table.append((f"(f) command line: {name}, {rows:,} rows, {w} worker(s)",
                               f"{rows / took:,.0f} rows/s, peak RSS {peak:,.0f} MiB", note))  # fmt: skip
         shutil.rmtree(lib_f, ignore_errors=True)
+
+    # (g): one source of long rows as one row group (what pyarrow and pandas write by default,
+    # up to a million rows) and as 1,000-row groups (what `datasets` writes): the command line,
+    # 2 workers, best time of 2 alternated runs, the largest peak seen
+    if "g" not in skip:
+        n_g = 10_000 if q else 100_000
+        lib_g = work / "lib_g"
+        sources_g = make_library(lib_g, 1, n_g, words=520)
+        rows_g = pq.read_table(Path(sources_g["t000"]) / "train.parquet")
+        layouts = {"one row group": None, "1,000-row groups": 1_000}
+        specs_g = {}
+        for i, (layout, group) in enumerate(layouts.items()):
+            folder = lib_g / "data" / f"layout{i}"
+            folder.mkdir(parents=True)
+            pq.write_table(rows_g, folder / "train.parquet", row_group_size=group)
+            spec = write_spec(lib_g, {"t000": str(folder)}, cap=n_g, formats={"options": 0.9})
+            specs_g[layout] = spec.rename(lib_g / f"spec_g{i}.yaml")
+        mb = pq.ParquetFile(lib_g / "data" / "layout0" / "train.parquet").metadata
+        size = mb.row_group(0).total_byte_size / 2**20
+        del rows_g
+        tries_g: dict[str, list] = {layout: [] for layout in layouts}
+        for _ in range(1 if q else 2):
+            for layout in layouts:
+                tries_g[layout].append(peak_rss(specs_g[layout], work / "layout", 2))
+        best_g = {k: min(r[0] for r in v) for k, v in tries_g.items()}
+        for layout, got in tries_g.items():
+            took, rows = best_g[layout], got[0][2]
+            what = f"one row group of {size:,.0f} MiB" if layouts[layout] is None else layout
+            note = (
+                f"{took / best_g['1,000-row groups']:.2f}x the time of 1,000-row groups"
+                if layouts[layout] is None
+                else ""
+            )
+            table.append((f"(g) command line: {n_g:,} long rows (~3.7 kB) in {what}, 2 workers",
+                          f"{took:.1f} s, {rows / took:,.0f} rows/s, peak RSS {max(r[1] for r in got):,.0f} MiB",
+                          note))  # fmt: skip
+        shutil.rmtree(lib_g, ignore_errors=True)
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"load average at the end (1, 5, 15 min): {load}\n")

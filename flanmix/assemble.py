@@ -39,6 +39,7 @@ import pyarrow as pa
 from . import storage
 from .mixture import SCHEMA, sha256_file, shard_name
 from .rows import UnitRenderer, WorkerContext, sorted_table
+from .storage import FAST_ROOT, spare_memory
 
 ROW_GROUP = 10_000  # rows per row group of a shard, at most
 ROW_GROUP_BYTES = 32 * 2**20  # text per row group, at most (long rows make smaller groups)
@@ -168,41 +169,7 @@ def _write_run(table: pa.Table, path: str) -> None:
         w.write_table(table, max_chunksize=RUN_BATCH)
 
 
-#: Where runs may be held in memory: a tmpfs that Linux mounts on every machine.
-FAST_ROOT = "/dev/shm"
 FAST_PREFIX = "flanmix-runs-"
-#: A run goes to memory-backed storage only if the machine keeps this share of its memory
-#: available beside it (and at least SPARE_MIN): runs there are memory that nothing can reclaim
-#: until the compile removes them.
-SPARE_SHARE = 0.25
-SPARE_MIN = 1 << 30
-
-
-def _meminfo() -> dict[str, int]:
-    out = {}
-    try:
-        with open("/proc/meminfo", "rb") as fh:
-            for line in fh:
-                name, _, rest = line.partition(b":")
-                out[name.decode()] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        return {}
-    return out
-
-
-def spare_memory(nbytes: int, root: str = FAST_ROOT) -> bool:
-    """Whether ``nbytes`` more of memory-backed runs leave the machine :data:`SPARE_SHARE` of its
-    memory available (at least :data:`SPARE_MIN`) and fit the tmpfs at ``root``."""
-    info = _meminfo()
-    if "MemAvailable" not in info or "MemTotal" not in info:
-        return False
-    try:
-        st = os.statvfs(root)
-    except OSError:
-        return False
-    keep = max(SPARE_MIN, int(SPARE_SHARE * info["MemTotal"]))
-    room = st.f_bavail * st.f_frsize
-    return info["MemAvailable"] - nbytes >= keep and room - nbytes >= keep // 4
 
 
 def fast_runs_dir(tag: str) -> str | None:

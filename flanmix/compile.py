@@ -19,7 +19,7 @@ staging folder and published whole, its ``loco.json`` index last.
 
 Memory is bounded by one unit per worker and one row group per shard writer, whatever the mixture
 size. On one machine the runs themselves are held in memory-backed storage (``/dev/shm``) while the
-machine keeps a quarter of its memory available beside them (:func:`flanmix.assemble.spare_memory`),
+machine keeps a quarter of its memory available beside them (:func:`flanmix.storage.spare_memory`),
 and go to the staging folder beyond that.
 """
 

@@ -16,6 +16,7 @@ A missing local file or a dataset that fails to load for any reason other than t
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,6 +318,53 @@ def _rows_at(table: pa.Table, rows: np.ndarray) -> list[dict[str, Any]]:
     return table.take(pa.array(rows)).to_pylist()
 
 
+@dataclass
+class _Spilled:
+    """A row group decoded into an unnamed temporary file, as a table over its memory map."""
+
+    table: pa.Table
+    file: Any  # the open temporary file (its space is freed once it is closed and unmapped)
+    size: int
+
+
+#: Bytes of source rows per record batch of a spilled row group.
+SPILL_BATCH_BYTES = 8 * 2**20
+
+
+def _spill_group(pf: Any, group: int) -> _Spilled:
+    """Row group ``group`` of ``pf`` decoded one batch at a time into an Arrow IPC stream in an
+    unnamed temporary file (nothing is left behind, even if the process is killed), and read
+    back as a table over the file's memory map: its slices are not copied, and its pages are
+    the page cache's, read again from the file if the system needs the memory."""
+    import mmap
+    import tempfile
+
+    from .storage import FAST_ROOT, spare_memory
+
+    meta = pf.metadata.row_group(group)
+    per_row = meta.total_byte_size / max(meta.num_rows, 1)
+    batch = int(min(max(SPILL_BATCH_BYTES // max(per_row, 1.0), 1), 1 << 16))
+    # in memory (Linux's /dev/shm) while the machine has room for it (twice the group's size as
+    # Parquet encodes it: dictionary-encoded text decodes larger); on a VM's disk, writing a few
+    # hundred MB can take seconds
+    fast = sys.platform.startswith("linux") and spare_memory(2 * meta.total_byte_size)
+    where = FAST_ROOT if fast else None
+    fh = tempfile.TemporaryFile(prefix="flanmix-rows-", dir=where)  # noqa: SIM115 - mapped
+    try:
+        # the stream format: a column read as a dictionary may change its dictionary per batch
+        with pa.ipc.new_stream(fh, pf.schema_arrow) as writer:
+            for part in pf.iter_batches(batch_size=batch, row_groups=[group]):
+                writer.write_batch(part)
+        fh.flush()
+        size = fh.tell()
+        view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        table = pa.ipc.open_stream(pa.BufferReader(pa.py_buffer(view))).read_all()
+    except BaseException:
+        fh.close()
+        raise
+    return _Spilled(table, fh, size)
+
+
 class SourceReader:
     """Reads rows by sorted index from a :class:`SourceHandle` without loading the whole source."""
 
@@ -326,6 +374,7 @@ class SourceReader:
         self._files: list[Any] = []
         self._offsets: list[int] = []
         self._kept: dict[tuple[int, int], pa.Table] = {}  # (file, row group): its rows
+        self._spilled: dict[tuple[int, int], _Spilled] = {}  # big row groups, oldest first
         if handle.kind == "arrow":
             tables = []
             for f in handle.files:
@@ -350,17 +399,47 @@ class SourceReader:
     #: fifth of a 10k-row group; a pass over a source crosses a group's end mid-unit).
     KEEP_BYTES = 64 * 2**20
 
+    #: Row groups larger than KEEP_BYTES (pyarrow and pandas write a file's rows as one group of up
+    #: to a million rows by default, Spark 128 MB groups) would be decoded again by every unit
+    #: reading a part of them: each is decoded once instead, into an unnamed temporary Arrow file
+    #: that the reader memory-maps (its pages belong to the page cache, not to the worker's heap).
+    #: A reader keeps up to SPILL_BYTES of such files, dropping the least recently read first.
+    SPILL_BYTES = 1 << 30
+
     def _row_groups(self, pf: Any, first: int, last: int) -> pa.Table:
         """Row groups ``first..last`` of ``pf`` as one table. Groups kept from the last read are
         used again, not read again; the others are dropped before reading, so a reader holds one
-        read's groups at a time (the last, if within KEEP_BYTES)."""
+        read's groups at a time (the last, if within KEEP_BYTES). Groups larger than that are
+        read from their spilled copies (:meth:`_big_group`)."""
         want = [(id(pf), i) for i in range(first, last + 1)]
         kept = {k: t for k, t in self._kept.items() if k in want}
         self._kept = {}
-        parts = [kept[k] if k in kept else pf.read_row_group(k[1]) for k in want]
-        if sum(t.nbytes for t in parts) <= self.KEEP_BYTES:
-            self._kept = dict(zip(want, parts, strict=True))
+        meta = pf.metadata
+        big = {k for k in want if meta.row_group(k[1]).total_byte_size > self.KEEP_BYTES}
+        parts = [
+            self._big_group(pf, k)
+            if k in big
+            else kept[k]
+            if k in kept
+            else pf.read_row_group(k[1])
+            for k in want
+        ]
+        small = [(k, t) for k, t in zip(want, parts, strict=True) if k not in big]
+        if small and sum(t.nbytes for _, t in small) <= self.KEEP_BYTES:
+            self._kept = dict(small)
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+    def _big_group(self, pf: Any, key: tuple[int, int]) -> pa.Table:
+        """A row group above KEEP_BYTES, from its spilled copy (made on its first read)."""
+        got = self._spilled.pop(key, None)
+        if got is None:
+            got = _spill_group(pf, key[1])
+        self._spilled[key] = got  # the most recently read last
+        while len(self._spilled) > 1 and sum(s.size for s in self._spilled.values()) > (
+            self.SPILL_BYTES
+        ):
+            del self._spilled[next(iter(self._spilled))]  # its file goes with its last reference
+        return got.table
 
     def read(self, indices: np.ndarray) -> list[dict[str, Any]]:
         """Rows at ``indices`` (sorted ascending), as dicts."""

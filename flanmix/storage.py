@@ -10,13 +10,23 @@ fsspec, which ``datasets`` already installs (``s3fs``/``gcsfs`` are needed for t
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["is_url", "join", "open_output", "open_input", "remove", "put", "get"]
+__all__ = [
+    "is_url",
+    "join",
+    "open_output",
+    "open_input",
+    "remove",
+    "put",
+    "get",
+    "spare_memory",
+]
 
 
 def is_url(location: str | Path) -> bool:
@@ -98,3 +108,43 @@ def get(location: str, local: str | Path) -> str:
             h.update(block)
             dst.write(block)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- memory-backed files
+
+#: Where runs (and spilled source row groups) may be held in memory: a tmpfs that Linux mounts
+#: on every machine.
+FAST_ROOT = "/dev/shm"
+#: A file goes to memory-backed storage only if the machine keeps this share of its memory
+#: available beside it (and at least SPARE_MIN): files there are memory that nothing can reclaim
+#: until they are removed.
+SPARE_SHARE = 0.25
+SPARE_MIN = 1 << 30
+
+
+def meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (empty where there is none)."""
+    out = {}
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                name, _, rest = line.partition(b":")
+                out[name.decode()] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def spare_memory(nbytes: int, root: str = FAST_ROOT) -> bool:
+    """Whether ``nbytes`` more of memory-backed files leave the machine :data:`SPARE_SHARE` of its
+    memory available (at least :data:`SPARE_MIN`) and fit the tmpfs at ``root``."""
+    info = meminfo()
+    if "MemAvailable" not in info or "MemTotal" not in info:
+        return False
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return False
+    keep = max(SPARE_MIN, int(SPARE_SHARE * info["MemTotal"]))
+    room = st.f_bavail * st.f_frsize
+    return info["MemAvailable"] - nbytes >= keep and room - nbytes >= keep // 4

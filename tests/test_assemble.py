@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from flanmix import assemble
+from flanmix import assemble, storage
 from flanmix.mixture import SCHEMA
 
 
@@ -283,7 +283,7 @@ def test_parquet_shards_keep_dictionaries_for_repeated_columns_only(tmp_path):
 
 _HEAP = """
 import os, sys
-from flanmix import assemble
+from flanmix import assemble, storage
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 if sys.argv[1] == 'keep':
@@ -328,7 +328,7 @@ except Exception:  # no context: the renderer fails after the process settings
 _TUNED = (
     """
 import ctypes
-from flanmix import assemble
+from flanmix import assemble, storage
 libc = ctypes.CDLL("libc.so.6")
 before = libc.prctl(assemble.PR_GET_THP_DISABLE, 0, 0, 0, 0)
 """
@@ -501,12 +501,12 @@ def test_memory_backed_runs_of_dead_compiles_are_removed_and_nothing_else(tmp_pa
 
 
 def test_spare_memory_keeps_a_share_of_the_machine_free():
-    info = assemble._meminfo()
+    info = storage.meminfo()
     if not info:
         pytest.skip("no /proc/meminfo")
-    keep = max(assemble.SPARE_MIN, int(assemble.SPARE_SHARE * info["MemTotal"]))
-    assert not assemble.spare_memory(info["MemAvailable"] - keep + (1 << 30))
-    assert not assemble.spare_memory(0, root="/no/such/folder")
+    keep = max(storage.SPARE_MIN, int(storage.SPARE_SHARE * info["MemTotal"]))
+    assert not storage.spare_memory(info["MemAvailable"] - keep + (1 << 30))
+    assert not storage.spare_memory(0, root="/no/such/folder")
 
 
 def test_a_run_that_cannot_be_written_in_memory_goes_to_disk(tmp_path, monkeypatch):

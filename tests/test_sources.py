@@ -95,3 +95,117 @@ def test_a_reader_reads_each_row_group_once_while_it_is_kept(tmp_path, monkeypat
     assert reader._kept == {}
     reader.read(np.array([990]))
     assert reads == list(range(10)) + list(range(9)) + [9]  # 9 was kept for the big read, not after
+
+
+def _one_group_source(path, n=600):
+    """``n`` rows written with pyarrow's defaults: one row group (as pandas and pyarrow write a
+    file of up to a million rows)."""
+    pq.write_table(pa.table({"text": [f"row {i} " * 30 for i in range(n)]}), path)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+
+
+def test_a_big_row_group_is_decoded_once_and_leaves_no_file(tmp_path, monkeypatch):
+    import numpy as np
+
+    from flanmix import sources, storage
+    from flanmix.sources import SourceHandle, SourceReader
+
+    path = tmp_path / "train.parquet"
+    _one_group_source(path)
+    handle = SourceHandle("t", "train", "parquet", "local", 600, files=[str(path)])
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    monkeypatch.setattr(storage, "FAST_ROOT", str(spill_dir))
+    monkeypatch.setattr(storage, "spare_memory", lambda nbytes, root=None: True)
+    monkeypatch.setattr(SourceReader, "KEEP_BYTES", 1024)  # the group is "big"
+    monkeypatch.setattr(sources, "SPILL_BATCH_BYTES", 4096)  # several batches
+    decoded = []
+    original = sources._spill_group
+    monkeypatch.setattr(sources, "_spill_group", lambda pf, g: decoded.append(g) or original(pf, g))
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", None)  # never decoded whole
+    reader = SourceReader(handle)
+    for start in range(0, 600, 70):  # a pass in units that each need part of the group
+        idx = np.arange(start, min(start + 70, 600))
+        assert [r["text"] for r in reader.read(idx)] == [f"row {i} " * 30 for i in idx]
+    got = reader.read(np.array([3, 599]))  # scattered rows: from the same copy
+    assert [r["text"] for r in got] == ["row 3 " * 30, "row 599 " * 30]
+    assert decoded == [0]
+    assert reader._spilled[(id(reader._files[0][0]), 0)].table.num_rows == 600
+    assert list(spill_dir.iterdir()) == []  # an unnamed file: nothing to clean up, ever
+    assert reader._kept == {}
+
+
+def test_spilled_row_groups_are_dropped_beyond_spill_bytes(tmp_path, monkeypatch):
+    import numpy as np
+
+    from flanmix.sources import SourceHandle, SourceReader
+
+    path = tmp_path / "train.parquet"
+    table = pa.table({"text": [f"row {i} " * 30 for i in range(600)]})
+    pq.write_table(table, path, row_group_size=200)
+    handle = SourceHandle("t", "train", "parquet", "local", 600, files=[str(path)])
+    monkeypatch.setattr(SourceReader, "KEEP_BYTES", 1024)
+    reader = SourceReader(handle)
+    reader.read(np.array([0, 250]))  # groups 0 and 1
+    one = max(s.size for s in reader._spilled.values())
+    monkeypatch.setattr(SourceReader, "SPILL_BYTES", int(1.5 * one))
+    got = reader.read(np.array([450, 599]))  # group 2: the oldest copies go
+    assert [r["text"] for r in got] == [f"row {i} " * 30 for i in (450, 599)]
+    assert [k[1] for k in reader._spilled] == [2]
+
+
+def test_a_spilled_dictionary_column_keeps_its_values(tmp_path, monkeypatch):
+    """A column pyarrow reads back as a dictionary (a pandas categorical, say) may get a new
+    dictionary in every batch: the spilled copy still reads every value."""
+    import numpy as np
+
+    from flanmix import sources
+    from flanmix.sources import SourceHandle, SourceReader
+
+    path = tmp_path / "train.parquet"
+    labels = [
+        ["cat", "dog", "emu"][i % 3] if i < 300 else ["fox", "gnu"][i % 2] for i in range(600)
+    ]
+    table = pa.table({"label": pa.array(labels).dictionary_encode(), "i": list(range(600))})
+    pq.write_table(table, path)
+    assert pa.types.is_dictionary(pq.ParquetFile(path).schema_arrow.field("label").type)
+    handle = SourceHandle("t", "train", "parquet", "local", 600, files=[str(path)])
+    monkeypatch.setattr(SourceReader, "KEEP_BYTES", 64)
+    monkeypatch.setattr(sources, "SPILL_BATCH_BYTES", 256)
+    got = SourceReader(handle).read(np.arange(600))
+    assert [r["label"] for r in got] == labels and [r["i"] for r in got] == list(range(600))
+
+
+def test_a_compile_writes_the_same_shards_from_one_big_row_group(tmp_path, monkeypatch):
+    """The same rows in one row group (read through a spilled copy) or in small ones (read
+    directly): the same shards."""
+    from flanmix import sources
+    from flanmix.sources import SourceReader
+
+    spilled = []
+    original = sources._spill_group
+    monkeypatch.setattr(sources, "_spill_group", lambda pf, g: spilled.append(g) or original(pf, g))
+    monkeypatch.setattr(SourceReader, "KEEP_BYTES", 8192)
+    lib = tmp_path / "lib"
+    shutil.copytree(FIXTURE, lib)
+    catalog = load_catalog(lib)
+    table = pa.table(
+        {"text": [f"review {i}: {'great' if i % 2 else 'dull'}." for i in range(3000)],
+         "label": [i % 2 for i in range(3000)]}
+    )  # fmt: skip
+    hashes = []
+    for name, group_rows in (("one", None), ("small", 64)):
+        folder = tmp_path / name
+        folder.mkdir()
+        pq.write_table(table, folder / "train.parquet", row_group_size=group_rows)
+        spec = make_spec(
+            clusters=[], tasks=["senti"], holdout={}, cap=5000, total_rows=None,
+            sources={"senti": str(folder)}, formats={"few_shot": 0.5, "k": 2},
+        )  # fmt: skip
+        out = tmp_path / f"out_{name}"
+        manifest = compile_mixture(spec, out, catalog=catalog, workers=1, base_dir=tmp_path)
+        hashes.append({s["file"]: s["sha256"] for s in manifest["splits"]["train"]["shards"]})
+        assert manifest["splits"]["train"]["rows"] == 3000
+        assert spilled == ([0] if name == "one" else []), spilled  # the big group, once
+        spilled.clear()
+    assert hashes[0] == hashes[1]
