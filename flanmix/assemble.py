@@ -400,11 +400,12 @@ def merged(
         width[used] = last[used] - first[used] + 1
         base = np.concatenate([[0], np.cumsum(width)])[:-1]
         parts = [pieces[p].slice(int(first[p]), int(width[p])) for p in used]
-        batch = pa.concat_tables(parts).combine_chunks()
+        batch = pa.concat_tables(parts)  # the slices, not copied
         take = base[piece] + local - first[piece]
-        if not np.array_equal(take, np.arange(len(take))):
-            batch = batch.take(pa.array(take))
-        yield batch
+        if np.array_equal(take, np.arange(len(take))):
+            yield batch.combine_chunks()
+        else:  # gathered straight from the slices: the text is copied once
+            yield batch.take(pa.array(take))
         if done is not None:  # these pieces' pages may leave memory (read again if needed)
             done(used)
 
