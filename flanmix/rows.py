@@ -46,7 +46,7 @@ from .sampling import (
 )
 from .sampling import index as draw_index
 from .schema import Task
-from .sources import SourceReader
+from .sources import SourceReader, SpillCache
 from .spec import MixtureSpec
 
 
@@ -97,6 +97,7 @@ class UnitRenderer:
         self._prepare: dict[str, RowPreparer] = {}
         self._references: dict[str, References] = {}
         self._readers: dict[str, SourceReader] = {}
+        self._spills = SpillCache()  # big row groups, shared by this worker's readers
         self._blocks: dict[tuple, tuple[str, tuple[str, ...]]] = {}
         self._shot_rows: dict[str, list] = {}  # eval few-shot: prepared training rows per task
         self._shot_pools: dict[tuple[str, str], list] = {}
@@ -120,7 +121,7 @@ class UnitRenderer:
         if key not in self._readers:
             if len(self._readers) > 8:
                 self._readers.clear()
-            self._readers[key] = SourceReader(self.ctx.plan_tasks[key].handle)
+            self._readers[key] = SourceReader(self.ctx.plan_tasks[key].handle, self._spills)
         return self._readers[key]
 
     def _block(self, choices: tuple[str, ...], style: tuple[str, str] | None):
@@ -583,7 +584,7 @@ class UnitRenderer:
             n = tp.shots.num_rows
             size = min(n, 8 * spec.eval.few_shot)
             idx = np.sort(seeded_rng(spec.seed, "eval-shots", task).choice(n, size, replace=False))
-            raw = SourceReader(tp.shots).read(idx)
+            raw = SourceReader(tp.shots, self._spills).read(idx)
             prepare = self._prepare[task]
             self._shot_rows[task] = [(int(i), prepare(r)) for i, r in zip(idx, raw, strict=True)]
         pool = []

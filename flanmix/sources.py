@@ -365,16 +365,59 @@ def _spill_group(pf: Any, group: int) -> _Spilled:
     return _Spilled(table, fh, size)
 
 
-class SourceReader:
-    """Reads rows by sorted index from a :class:`SourceHandle` without loading the whole source."""
+#: The most bytes of spilled row groups a :class:`SpillCache` keeps (at least the one being read).
+SPILL_BYTES = 1 << 30
 
-    def __init__(self, handle: SourceHandle):
+
+class SpillCache:
+    """Row groups above :attr:`SourceReader.KEEP_BYTES`, each decoded once into an unnamed
+    temporary Arrow file (:func:`_spill_group`) and read from its memory map by every reader
+    sharing the cache (a worker's readers share one): pyarrow and pandas write a file's rows as one
+    group of up to a million rows by default, Spark 128 MB groups, and such a group would
+    otherwise be decoded again by every unit reading a part of it. Up to :data:`SPILL_BYTES` are
+    kept, the least recently read dropped first; a dropped copy's file goes with its last
+    reference."""
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple, _Spilled] = {}  # (path, size, mtime, group), oldest read first
+
+    def table(self, path: str, pf: Any, group: int) -> pa.Table:
+        """Row group ``group`` of ``pf`` (opened from ``path``), from its spilled copy."""
+        import os
+
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, group)
+        got = self._groups.pop(key, None)
+        if got is None:
+            got = _spill_group(pf, group)
+        self._groups[key] = got  # the most recently read last
+        while len(self._groups) > 1 and self.nbytes > SPILL_BYTES:
+            del self._groups[next(iter(self._groups))]
+        return got.table
+
+    @property
+    def nbytes(self) -> int:
+        return sum(g.size for g in self._groups.values())
+
+    def groups(self) -> list[int]:
+        """The row groups held, least recently read first."""
+        return [k[-1] for k in self._groups]
+
+
+class SourceReader:
+    """Reads rows by sorted index from a :class:`SourceHandle` without loading the whole source.
+
+    ``spills``: where row groups too large to keep in memory are spilled (:class:`SpillCache`;
+    default: one of the reader's own)."""
+
+    def __init__(self, handle: SourceHandle, spills: SpillCache | None = None):
         self.handle = handle
         self._table: pa.Table | None = None
         self._files: list[Any] = []
         self._offsets: list[int] = []
         self._kept: dict[tuple[int, int], pa.Table] = {}  # (file, row group): its rows
-        self._spilled: dict[tuple[int, int], _Spilled] = {}  # big row groups, oldest first
+        self._paths: dict[int, str] = {}  # id of an open file: its path
+        self.spills = spills if spills is not None else SpillCache()
         if handle.kind == "arrow":
             tables = []
             for f in handle.files:
@@ -393,31 +436,25 @@ class SourceReader:
                 for i in range(pf.metadata.num_row_groups):
                     offsets.append(offsets[-1] + pf.metadata.row_group(i).num_rows)
                 self._files.append((pf, offsets))
+                self._paths[id(pf)] = f
 
     #: The row groups of the last read are kept for the next unit when they hold at most this
     #: many bytes: consecutive units of a task read the same groups (a unit of few-shot rows is a
     #: fifth of a 10k-row group; a pass over a source crosses a group's end mid-unit).
     KEEP_BYTES = 64 * 2**20
 
-    #: Row groups larger than KEEP_BYTES (pyarrow and pandas write a file's rows as one group of up
-    #: to a million rows by default, Spark 128 MB groups) would be decoded again by every unit
-    #: reading a part of them: each is decoded once instead, into an unnamed temporary Arrow file
-    #: that the reader memory-maps (its pages belong to the page cache, not to the worker's heap).
-    #: A reader keeps up to SPILL_BYTES of such files, dropping the least recently read first.
-    SPILL_BYTES = 1 << 30
-
     def _row_groups(self, pf: Any, first: int, last: int) -> pa.Table:
         """Row groups ``first..last`` of ``pf`` as one table. Groups kept from the last read are
         used again, not read again; the others are dropped before reading, so a reader holds one
         read's groups at a time (the last, if within KEEP_BYTES). Groups larger than that are
-        read from their spilled copies (:meth:`_big_group`)."""
+        read from their spilled copies (:class:`SpillCache`)."""
         want = [(id(pf), i) for i in range(first, last + 1)]
         kept = {k: t for k, t in self._kept.items() if k in want}
         self._kept = {}
         meta = pf.metadata
         big = {k for k in want if meta.row_group(k[1]).total_byte_size > self.KEEP_BYTES}
         parts = [
-            self._big_group(pf, k)
+            self.spills.table(self._paths[id(pf)], pf, k[1])
             if k in big
             else kept[k]
             if k in kept
@@ -428,18 +465,6 @@ class SourceReader:
         if small and sum(t.nbytes for _, t in small) <= self.KEEP_BYTES:
             self._kept = dict(small)
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
-
-    def _big_group(self, pf: Any, key: tuple[int, int]) -> pa.Table:
-        """A row group above KEEP_BYTES, from its spilled copy (made on its first read)."""
-        got = self._spilled.pop(key, None)
-        if got is None:
-            got = _spill_group(pf, key[1])
-        self._spilled[key] = got  # the most recently read last
-        while len(self._spilled) > 1 and sum(s.size for s in self._spilled.values()) > (
-            self.SPILL_BYTES
-        ):
-            del self._spilled[next(iter(self._spilled))]  # its file goes with its last reference
-        return got.table
 
     def read(self, indices: np.ndarray) -> list[dict[str, Any]]:
         """Rows at ``indices`` (sorted ascending), as dicts."""

@@ -130,28 +130,36 @@ def test_a_big_row_group_is_decoded_once_and_leaves_no_file(tmp_path, monkeypatc
     got = reader.read(np.array([3, 599]))  # scattered rows: from the same copy
     assert [r["text"] for r in got] == ["row 3 " * 30, "row 599 " * 30]
     assert decoded == [0]
-    assert reader._spilled[(id(reader._files[0][0]), 0)].table.num_rows == 600
+    assert reader.spills.groups() == [0]
     assert list(spill_dir.iterdir()) == []  # an unnamed file: nothing to clean up, ever
     assert reader._kept == {}
 
 
-def test_spilled_row_groups_are_dropped_beyond_spill_bytes(tmp_path, monkeypatch):
+def test_spilled_row_groups_are_shared_and_dropped_beyond_spill_bytes(tmp_path, monkeypatch):
     import numpy as np
 
-    from flanmix.sources import SourceHandle, SourceReader
+    from flanmix import sources
+    from flanmix.sources import SourceHandle, SourceReader, SpillCache
 
     path = tmp_path / "train.parquet"
     table = pa.table({"text": [f"row {i} " * 30 for i in range(600)]})
     pq.write_table(table, path, row_group_size=200)
     handle = SourceHandle("t", "train", "parquet", "local", 600, files=[str(path)])
     monkeypatch.setattr(SourceReader, "KEEP_BYTES", 1024)
-    reader = SourceReader(handle)
+    decoded = []
+    original = sources._spill_group
+    monkeypatch.setattr(sources, "_spill_group", lambda pf, g: decoded.append(g) or original(pf, g))
+    spills = SpillCache()
+    reader = SourceReader(handle, spills)
     reader.read(np.array([0, 250]))  # groups 0 and 1
-    one = max(s.size for s in reader._spilled.values())
-    monkeypatch.setattr(SourceReader, "SPILL_BYTES", int(1.5 * one))
-    got = reader.read(np.array([450, 599]))  # group 2: the oldest copies go
+    assert spills.groups() == [0, 1]
+    monkeypatch.setattr(sources, "SPILL_BYTES", int(1.5 * spills.nbytes / 2))
+    other = SourceReader(handle, spills)  # another reader of the same cache (a worker's readers)
+    got = other.read(np.array([450, 599]))  # group 2: the oldest copies go
     assert [r["text"] for r in got] == [f"row {i} " * 30 for i in (450, 599)]
-    assert [k[1] for k in reader._spilled] == [2]
+    assert spills.groups() == [2]
+    assert [r["text"] for r in reader.read(np.array([460]))] == ["row 460 " * 30]  # shared
+    assert spills.groups() == [2] and decoded == [0, 1, 2]
 
 
 def test_a_spilled_dictionary_column_keeps_its_values(tmp_path, monkeypatch):
