@@ -19,7 +19,8 @@ prints a Markdown table:
     the same compile from the command line on local processes and on Ray, 2 actors: a local Ray
     started by the compile, and a Ray already running (``ray start --head``, its processes counted
     with the compile's; timed from its second compile, as a cluster in use, the first shown
-    beside): time, rows/s, peak RSS, same shards or not (best of 2 alternated runs);
+    beside): time (best of 2 alternated runs, not watched), rows/s, peak RSS (one run of each,
+    watched), same shards or not;
 (e) peak RSS of a compile (the process and its workers) at 1M and 5M source rows;
 (f) long rows (premises of 520 words, inputs of ~3.7 kB) zero-shot, and few-shot (k=4, inputs of
     ~18 kB), 50k rows: the raw loop on the same rows (for few-shot rows, 4 exemplars from its batch
@@ -472,15 +473,13 @@ def compile_once(spec: Path, out: Path, workers: int) -> tuple[float, int]:
     return took, manifest["splits"]["train"]["rows"]
 
 
-def peak_rss(
+def compile_cmd(
     spec: Path, out: Path, workers: int, executor: str = "local", address: str | None = None
-) -> tuple[float, float, int, float]:
-    """(seconds, peak RSS in MiB of the compile process tree, rows, peak PSS in MiB) of a CLI
-    compile. RSS sums count the pages processes share (libraries) once per process; PSS shares
-    them out, so its sum is the tree's real footprint (sampled less often: it reads smaps)."""
+) -> list[str]:
+    """The command line of a compile (an OUT left by an earlier run is removed first)."""
     if out.exists():
         shutil.rmtree(out)
-    cmd = [
+    return [
         sys.executable,
         "-m",
         "flanmix.cli",
@@ -495,11 +494,35 @@ def peak_rss(
         "--quiet",
         *(["--ray-address", address] if address else []),
     ]
+
+
+def peak_rss(
+    spec: Path, out: Path, workers: int, executor: str = "local", address: str | None = None
+) -> tuple[float, float, int, float]:
+    """(seconds, peak RSS in MiB of the compile process tree, rows, peak PSS in MiB) of a CLI
+    compile. RSS sums count the pages processes share (libraries) once per process; PSS shares
+    them out, so its sum is the tree's real footprint (sampled less often: it reads smaps)."""
+    cmd = compile_cmd(spec, out, workers, executor, address)
     took, peak, rc, pss = watch_tree(cmd, also=ray_daemons if address else None)
     if rc != 0:
         raise SystemExit(f"compile failed ({rc}): {' '.join(cmd)}")
     rows = json.loads((out / "manifest.json").read_text())["splits"]["train"]["rows"]
     return took, peak, rows, pss
+
+
+def time_cli(
+    spec: Path, out: Path, workers: int, executor: str = "local", address: str | None = None
+) -> float:
+    """Seconds of a CLI compile, not watched: sampling the memory of a Ray's dozen processes
+    every 50 ms took 4.4-5.3 CPU-s of this 2-core machine during a 20 s compile (a local tree's:
+    1.2), and made the compile 2.9-3.4 s slower."""
+    cmd = compile_cmd(spec, out, workers, executor, address)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start = time.perf_counter()
+    rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode
+    if rc != 0:
+        raise SystemExit(f"compile failed ({rc}): {' '.join(cmd)}")
+    return time.perf_counter() - start
 
 
 def ray_daemons() -> list:
@@ -707,39 +730,42 @@ def main() -> None:
                 "Ray, 2 actors, on a running Ray (`ray start --head`, its second compile)",
             ),
         }
-        tries: dict[str, list] = {name: [] for name in variants}
-        fresh: list[float] = []  # the first compile on a Ray just started: not timed, as (c)'s
-        for _ in range(1 if q else 2):
+        # timed runs unwatched (time_cli), the memory from one watched run of each (the first
+        # compile on a running Ray is its watched one: a cluster in use has compiled before)
+        times: dict[str, list] = {name: [] for name in variants}
+        watched: dict[str, tuple] = {}
+        fresh: list[float] = []  # the first compile on a Ray just started (watched, untimed)
+        for i in range(1 if q else 2):
             for name in ("local", "ray"):
                 ex, address, _ = variants[name]
-                tries[name].append(peak_rss(spec_d, work / f"flan_{name}", 2, ex, address))
+                out_v = work / f"flan_{name}"
+                if i == 0:
+                    watched[name] = peak_rss(spec_d, out_v, 2, ex, address)
+                times[name].append(time_cli(spec_d, out_v, 2, ex, address))
             if start_ray_cluster():  # started and stopped around its runs, so that the other
                 try:  # variants never see it
-                    fresh.append(peak_rss(spec_d, work / "flan_running", 2, "ray", "auto")[0])
-                    tries["running"].append(
-                        peak_rss(spec_d, work / "flan_running", 2, "ray", "auto")
-                    )
+                    out_v = work / "flan_running"
+                    got = peak_rss(spec_d, out_v, 2, "ray", "auto")
+                    watched.setdefault("running", got)
+                    fresh.append(got[0])
+                    times["running"].append(time_cli(spec_d, out_v, 2, "ray", "auto"))
                 finally:
                     stop_ray_cluster()
-        if not tries["running"]:
-            del variants["running"], tries["running"]
+        if not times["running"]:
+            del variants["running"], times["running"]
         start = ray_start_seconds()
         runs = {
-            name: (
-                min(r[0] for r in got),
-                max(r[1] for r in got),
-                got[0][2],
-                max(r[3] for r in got),
-            )
-            for name, got in tries.items()
+            name: (min(got), watched[name][1], watched[name][2], watched[name][3])
+            for name, got in times.items()
         }
+        tries = times
         for name, (took, peak, out_rows, pss) in runs.items():
             ex, address, what = variants[name]
             counted = "process tree and the running Ray's processes" if address else "process tree"
             flag = f" --ray-address {address}" if address else ""
             table.append((f"(d) `flanmix compile --executor {ex}{flag}`, {n_tasks * rows:,} source rows, {what} (best of {len(tries[name])})",
                           f"{took:.1f} s, {out_rows / took:,.0f} rows/s",
-                          f"peak RSS {peak:,.0f} MiB, PSS {pss:,.0f} MiB ({counted})"))  # fmt: skip
+                          f"peak RSS {peak:,.0f} MiB, PSS {pss:,.0f} MiB ({counted}, a watched run)"))  # fmt: skip
         for name in variants:
             same = shard_hashes(work / "flan_local") == shard_hashes(work / f"flan_{name}")
             if name == "local":
@@ -750,7 +776,7 @@ def main() -> None:
                 note += f"; starting Ray takes {start:.1f} s"
             if name == "running" and fresh:
                 note += (
-                    f"; the first compile on the just-started Ray (untimed): "
+                    f"; the first compile on the just-started Ray, with its memory watched: "
                     f"{min(fresh) / runs['local'][0]:.2f}x"
                 )
             label = "Ray started by the compile" if name == "ray" else "running Ray"
