@@ -6,6 +6,7 @@ several seconds, so these tests are slow-marked. Skipped when ray is not install
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -221,17 +222,27 @@ def test_ray_of_its_own_beside_a_running_ray(tmp_path):
         start_new_session=True,
     )  # fmt: skip
     try:
+        said, started = [], False
         for line in head.stdout:  # ends if it exits
+            said.append(line)
             if "Ray runtime started" in line:
+                started = True
                 break
-        assert head.poll() is None, "ray start --head did not stay up"
+        if not started:
+            head.wait(timeout=60)
+            if any("is already running at" in x for x in said):  # a developer's own Ray
+                pytest.skip("a Ray is already running here: `ray start` refuses a second head")
+        assert started and head.poll() is None, "ray start --head did not stay up:\n" + "".join(
+            said[-10:]
+        )
         out = tmp_path / "out"
         cli = [sys.executable, "-m", "flanmix.cli", "compile", str(spec_file), "-o", str(out)]
         done = subprocess.run([*cli, "--workers", "2", "--quiet"], env=env, capture_output=True, text=True)  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert Mixture.open(out).verify() == []
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            os.killpg(head.pid, signal.SIGTERM)
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
