@@ -15,6 +15,7 @@ A missing local file or a dataset that fails to load for any reason other than t
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -383,8 +384,6 @@ class SpillCache:
 
     def table(self, path: str, pf: Any, group: int) -> pa.Table:
         """Row group ``group`` of ``pf`` (opened from ``path``), from its spilled copy."""
-        import os
-
         st = os.stat(path)
         key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, group)
         got = self._groups.pop(key, None)
@@ -453,14 +452,12 @@ class SourceReader:
         self._kept = {}
         meta = pf.metadata
         big = {k for k in want if meta.row_group(k[1]).total_byte_size > self.KEEP_BYTES}
-        parts = [
-            self.spills.table(self._paths[id(pf)], pf, k[1])
-            if k in big
-            else kept[k]
-            if k in kept
-            else pf.read_row_group(k[1])
-            for k in want
-        ]
+        parts = []
+        for k in want:
+            if k in big:
+                parts.append(self.spills.table(self._paths[id(pf)], pf, k[1]))
+            else:
+                parts.append(kept[k] if k in kept else pf.read_row_group(k[1]))
         small = [(k, t) for k, t in zip(want, parts, strict=True) if k not in big]
         if small and sum(t.nbytes for _, t in small) <= self.KEEP_BYTES:
             self._kept = dict(small)
