@@ -779,12 +779,11 @@ def main() -> None:
             name: (min(got), watched[name][1], watched[name][2], watched[name][3])
             for name, got in times.items()
         }
-        tries = times
         for name, (took, peak, out_rows, pss) in runs.items():
             ex, address, what = variants[name]
             counted = "process tree and the running Ray's processes" if address else "process tree"
             flag = f" --ray-address {address}" if address else ""
-            table.append((f"(d) `flanmix compile --executor {ex}{flag}`, {n_tasks * rows:,} source rows, {what} (best of {len(tries[name])})",
+            table.append((f"(d) `flanmix compile --executor {ex}{flag}`, {n_tasks * rows:,} source rows, {what} (best of {len(times[name])})",
                           f"{took:.1f} s, {out_rows / took:,.0f} rows/s",
                           f"peak RSS {peak:,.0f} MiB, PSS {pss:,.0f} MiB ({counted}, a watched run)"))  # fmt: skip
         for name in variants:

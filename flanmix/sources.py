@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from . import storage
 from .errors import Location, SourceError
 from .schema import ALLOW_OUTSIDE, Task, outside_allowed
 
@@ -340,16 +341,14 @@ def _spill_group(pf: Any, group: int) -> _Spilled:
     import mmap
     import tempfile
 
-    from .storage import FAST_ROOT, spare_memory
-
     meta = pf.metadata.row_group(group)
     per_row = meta.total_byte_size / max(meta.num_rows, 1)
     batch = int(min(max(SPILL_BATCH_BYTES // max(per_row, 1.0), 1), 1 << 16))
     # in memory (Linux's /dev/shm) while the machine has room for it (twice the group's size as
     # Parquet encodes it: dictionary-encoded text decodes larger); on a VM's disk, writing a few
     # hundred MB can take seconds
-    fast = sys.platform.startswith("linux") and spare_memory(2 * meta.total_byte_size)
-    where = FAST_ROOT if fast else None
+    fast = sys.platform.startswith("linux") and storage.spare_memory(2 * meta.total_byte_size)
+    where = storage.FAST_ROOT if fast else None
     fh = tempfile.TemporaryFile(prefix="flanmix-rows-", dir=where)  # noqa: SIM115 - mapped
     try:
         # the stream format: a column read as a dictionary may change its dictionary per batch

@@ -283,7 +283,7 @@ def test_parquet_shards_keep_dictionaries_for_repeated_columns_only(tmp_path):
 
 _HEAP = """
 import os, sys
-from flanmix import assemble, storage
+from flanmix import assemble
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 if sys.argv[1] == 'keep':
@@ -328,7 +328,7 @@ except Exception:  # no context: the renderer fails after the process settings
 _TUNED = (
     """
 import ctypes
-from flanmix import assemble, storage
+from flanmix import assemble
 libc = ctypes.CDLL("libc.so.6")
 before = libc.prctl(assemble.PR_GET_THP_DISABLE, 0, 0, 0, 0)
 """
