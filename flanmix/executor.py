@@ -145,6 +145,8 @@ def _local_warm(modules: tuple[str, ...]) -> None:
     _OWN_WORKER = True
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "pthread_sigmask"):  # blocked while the pool forked us (_new_pool)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     _die_with_parent()
     for name in modules:  # nothing here may raise: a pool replaces a worker whose start failed
         with contextlib.suppress(Exception):  # the job reports it, located
@@ -237,11 +239,21 @@ def _new_pool(size: int, modules: tuple[str, ...]):
     worker's collections never write to (and copy) the memory it shares with the caller (the
     (c) compile of ``bench_compile.py``: 9% less CPU in the workers, a fifth fewer page faults).
     The caller's collector is as it was afterwards; one that had frozen objects itself is left
-    alone."""
+    alone.
+
+    SIGTERM is blocked while the pool starts (and so in the threads it starts, which fork the
+    workers that replace others): a forked worker holds the caller's handler until its start
+    resets it, and a SIGTERM from ``terminate`` in that window (a worker still starting when a
+    short run ends) was taken by that handler and lost, and the pool's ``join`` waited for the
+    worker forever. A worker unblocks it once its handler is the default (:func:`_local_warm`);
+    the caller's mask is restored at once, a SIGTERM it got meanwhile delivered then."""
     import gc
+    import signal
 
     ctx = _start_method()
     freeze = ctx.get_start_method() == "fork" and gc.get_freeze_count() == 0
+    mask = hasattr(signal, "pthread_sigmask")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if mask else None
     if freeze:
         gc.freeze()
     try:
@@ -249,6 +261,8 @@ def _new_pool(size: int, modules: tuple[str, ...]):
     finally:
         if freeze:
             gc.unfreeze()
+        if mask:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class LocalExecutor:
