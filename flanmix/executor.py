@@ -98,6 +98,17 @@ def _call(fn: Callable, state: Any, job: Any) -> tuple:
         return _error_payload(exc)
 
 
+def _call_batch(fn: Callable, state: Any, batch: list) -> list[tuple]:
+    """Run a batch of jobs in order (:func:`guided_batches`); the first that fails ends it (the
+    caller raises its error, in job order, and stops)."""
+    results = []
+    for job in batch:
+        results.append(_call(fn, state, job))
+        if results[-1][0] == "error":
+            break
+    return results
+
+
 def _unwrap(result: tuple) -> Any:
     if result[0] == "error":
         _raise_payload(result)
@@ -153,19 +164,19 @@ def _local_warm(modules: tuple[str, ...]) -> None:
             importlib.import_module(name)
 
 
-def _local_job(item: tuple) -> tuple:
-    """Run one job; the first job of a run builds this worker's state from the run's context
-    file (pickled once by the caller, read once per worker)."""
+def _local_batch(item: tuple) -> list[tuple]:
+    """Run a batch of jobs (:func:`_call_batch`); the first batch of a run builds this worker's
+    state from the run's context file (pickled once by the caller, read once per worker)."""
     global _STATE, _STATE_FROM
-    fn, job, setup, context_file = item
+    fn, batch, setup, context_file = item
     if context_file != _STATE_FROM:
         try:
             with open(context_file, "rb") as fh:
                 context = pickle.load(fh)  # noqa: S301 - written by this run's caller, mode 0600
             _STATE, _STATE_FROM = setup(context), context_file
         except BaseException as exc:  # noqa: BLE001 - reported as the job's error
-            return _error_payload(exc)
-    return _call(fn, _STATE, job)
+            return [_error_payload(exc)]
+    return _call_batch(fn, _STATE, batch)
 
 
 def machine_id() -> str:
@@ -201,9 +212,29 @@ class _Pool:
         self._context = context_file
 
     def map(self, fn, jobs):
-        items = ((fn, j, self._setup, self._context) for j in jobs)
-        for result in self._pool.imap(_local_job, items, chunksize=1):
-            yield _unwrap(result)
+        items = ((fn, b, self._setup, self._context) for b in guided_batches(jobs, self.count))
+        for results in self._pool.imap(_local_batch, items, chunksize=1):
+            for result in results:
+                yield _unwrap(result)
+
+
+def guided_batches(jobs: Iterable, workers: int) -> Iterator[list]:
+    """Consecutive jobs in batches that shrink with the work left (guided scheduling): each batch
+    is ``1 / (2 * workers)`` of the jobs not yet batched, at least one. A worker runs a batch in
+    order, so it gets runs of neighbouring jobs while there is much left (a compile's units of one
+    task read the same source row groups, which a worker keeps from one unit to the next), and
+    single jobs at the end, when balance matters (no worker waits long for another's last batch).
+
+    A compile of 50k rows of ~3.7 kB (4 tasks of 5 units, 10k-row groups) on 2 workers: handed
+    out one at a time, each worker read as much of the sources as one worker doing all the units
+    (0.30-0.34 s of reading each, against 0.32 s); in batches, 0.25-0.26 s each, and the compile
+    took 0.92-1.02 s against 1.06-1.09 s (best of 3, alternated)."""
+    jobs = list(jobs)
+    at, n = 0, len(jobs)
+    while at < n:
+        size = max(1, (n - at) // (2 * max(1, workers)))
+        yield jobs[at : at + size]
+        at += size
 
 
 START_METHODS = ("fork", "spawn", "forkserver")
@@ -355,14 +386,14 @@ class _RayWorker:
     def machine(self) -> str:
         return machine_id()
 
-    def run(self, fn: Callable, job: Any) -> tuple:
+    def run(self, fn: Callable, batch: list) -> list[tuple]:
         if self._error is not None:
-            return self._error
-        return _call(fn, self._state, job)
+            return [self._error]
+        return _call_batch(fn, self._state, batch)
 
 
 class _RayWorkers:
-    DEPTH = 2  # jobs queued per actor, so an actor never waits for the caller between jobs
+    DEPTH = 2  # batches queued per actor, so an actor never waits for the caller between them
 
     def __init__(self, ray, actors: list):
         self.count = len(actors)
@@ -378,7 +409,7 @@ class _RayWorkers:
 
     def map(self, fn, jobs):
         ray = self._ray
-        todo = enumerate(jobs)
+        todo = enumerate(guided_batches(jobs, self.count))
         pending: dict[Any, tuple[int, Any]] = {}
         load = {id(a): 0 for a in self._actors}
         done: dict[int, tuple] = {}
@@ -405,7 +436,8 @@ class _RayWorkers:
                     raise _ray_failed(exc) from None
             submit()
             while nxt in done:
-                yield _unwrap(done.pop(nxt))
+                for result in done.pop(nxt):
+                    yield _unwrap(result)
                 nxt += 1
 
 

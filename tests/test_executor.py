@@ -47,6 +47,43 @@ def test_a_failing_job_stops_the_workers_and_raises_one_error():
             assert [r[2] for r in w.map(_job, [5])] == [10]
 
 
+def _ran(state, x):
+    if x == "boom":
+        raise ValueError("boom")
+    path = state["context"]
+    with open(path, "a") as fh:
+        fh.write(f"{x}\n")
+    return os.getpid()
+
+
+def test_guided_batches_keep_job_order_and_shrink_to_single_jobs():
+    from flanmix.executor import guided_batches
+
+    batches = list(guided_batches(iter(range(20)), 2))
+    assert [len(b) for b in batches] == [5, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1]
+    assert [j for b in batches for j in b] == list(range(20))
+    assert list(guided_batches([], 4)) == []
+    assert [len(b) for b in guided_batches(range(3), 8)] == [1, 1, 1]
+    assert [len(b) for b in guided_batches(range(10), 1)] == [5, 2, 1, 1, 1]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for two workers")
+def test_a_pool_worker_runs_a_batch_of_neighbouring_jobs_and_stops_at_its_first_error(tmp_path):
+    log = tmp_path / "ran.txt"
+    with LocalExecutor(workers=2) as ex:
+        with ex.start(_setup, str(log), max_jobs=20) as w:
+            pids = list(w.map(_ran, range(20)))
+        assert len(set(pids[:5])) == 1  # the first batch: a quarter of the jobs, one worker
+        log.write_text("")
+        with (
+            pytest.raises(CompileError, match="ValueError: boom"),
+            ex.start(_setup, str(log), max_jobs=20) as w,
+        ):
+            list(w.map(_ran, [0, 1, "boom", 3, 4, *range(5, 20)]))
+    ran = log.read_text().split()
+    assert "3" not in ran and "4" not in ran  # the rest of the failing job's batch never ran
+
+
 def test_one_worker_runs_in_this_process_without_a_pool():
     with LocalExecutor(workers=1) as ex:
         assert ex._pool is None
