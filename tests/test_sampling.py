@@ -258,3 +258,57 @@ def test_pick_many_is_pick_for_every_base():
     for name in ("options", "few_shot"):
         assert uniform_many(bases, name) == [uniform(b, name) for b in bases]
     assert uniform_many([], "options") == []
+
+
+def test_exemplar_draws_are_random_randrange_draws():
+    """A renderer's exemplar picks re-seed one generator and write ``randrange``'s loop out: the
+    same picks as a fresh ``random.Random(draw(seed, "exemplars")).randrange(n)`` per row."""
+    import random
+    from types import SimpleNamespace
+
+    from flanmix.rows import UnitRenderer
+
+    def reference(base, group, b, rseed, k):  # the picks as written with random.Random
+        rng = random.Random(draw(rseed, "exemplars"))
+        picked, seen = [], {base[b].index}
+        for _ in range(min(4 * k, 4 * len(group))):
+            g = group[rng.randrange(len(group))]
+            if base[g].index not in seen:
+                seen.add(base[g].index)
+                picked.append(g)
+                if len(picked) == k:
+                    break
+        return picked
+
+    rng = random.Random(3)
+    for k in (1, 2, 4, 16):
+        renderer = SimpleNamespace(
+            ctx=SimpleNamespace(spec=SimpleNamespace(formats=SimpleNamespace(k=k))),
+            _rng=random.Random(),
+        )
+        for n in (1, 2, 3, 5, 8, 64, 555, 1000):
+            base = [SimpleNamespace(index=rng.randrange(max(1, n // 2))) for _ in range(n)]
+            group = list(range(n))
+            for _ in range(20):
+                b, rseed = rng.randrange(n), rng.getrandbits(64)
+                got = UnitRenderer._exemplar_pool(renderer, base, group, b, rseed)
+                assert got == reference(base, group, b, rseed, k)
+
+
+def test_joined_strings_joins_parts_in_order_long_rows_and_short():
+    import pyarrow as pa
+
+    from flanmix.rows import LONG_ROW_CHARS, joined_strings
+
+    shared = "ç☃" * LONG_ROW_CHARS  # long rows take the straight path; a part shared by rows
+    for rows in (
+        [("é", "x"), "", ("ab", "", "ç☃"), "q"],
+        [(shared, "é", "x"), ("",), (shared, "ab", "", shared), "q" * LONG_ROW_CHARS],
+    ):
+        order = [2, 0, 1, 3, 2]
+        got = joined_strings(rows, order)
+        assert got.type == pa.string()
+        assert got.to_pylist() == ["".join(rows[i]) for i in order]  # a str joins to itself
+        got.validate(full=True)
+        assert joined_strings(rows, []).to_pylist() == []
+    assert joined_strings([(), (shared,)], [0, 1]).to_pylist() == ["", shared]
