@@ -268,17 +268,13 @@ def test_exemplar_draws_are_random_randrange_draws():
 
     from flanmix.rows import UnitRenderer
 
-    def reference(base, group, b, rseed, k):  # the picks as written with random.Random
+    def reference(base, group, b, rseed, k):  # with random.Random: first picks of new rows
         rng = random.Random(draw(rseed, "exemplars"))
-        picked, seen = [], {base[b].index}
-        for _ in range(min(4 * k, 4 * len(group))):
-            g = group[rng.randrange(len(group))]
-            if base[g].index not in seen:
-                seen.add(base[g].index)
-                picked.append(g)
-                if len(picked) == k:
-                    break
-        return picked
+        draws = [group[rng.randrange(len(group))] for _ in range(min(4 * k, 4 * len(group)))]
+        first: dict[int, int] = {}
+        for g in draws:
+            first.setdefault(base[g].index, g)
+        return [g for index, g in first.items() if index != base[b].index][:k]
 
     rng = random.Random(3)
     for k in (1, 2, 4, 16):
