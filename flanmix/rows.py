@@ -420,12 +420,12 @@ class UnitRenderer:
                         style = (header_of[b], marker)
             few = tmpl.few_shot and fmts.few_shot > 0 and few_u[b] < fmts.few_shot
             shown_target = rec.target
-            block = ""
             if show:
                 if listed:
                     labels = choices
                 else:
                     block, labels = self._block(choices, style)
+                    text_in = text_in + block
                 answer = choices.index(rec.target)
                 shown_target = labels[answer]
                 code = option_ids.get(labels)
@@ -438,8 +438,6 @@ class UnitRenderer:
                 answers.append(-1)
             parts: tuple[str, ...] | None = None
             if few:
-                if block:
-                    text_in, block = text_in + block, ""
                 group = by_template.get(rec.tid, ())
                 pool = self._exemplar_pool(base, group, b, rseed)
                 exemplars = []
@@ -464,7 +462,7 @@ class UnitRenderer:
                     (2 if few else 0) + (0 if show else 1)
                 )  # zs_opt zs_noopt fs_opt fs_noopt
             # a few-shot input stays in parts, joined once in the unit's table (joined_strings)
-            inputs.append(parts if parts is not None else text_in + block if block else text_in)
+            inputs.append(parts if parts is not None else text_in)
             targets.append(shown_target)
         cols.base = base
         return cols
@@ -632,8 +630,9 @@ class UnitRenderer:
 
         The draws are ``random.Random(seed).randrange(n)``'s, made without a new generator per
         row: one generator is re-seeded (the C seeding, as ``Random.seed`` does for an int) and
-        ``randrange``'s rejection loop is written out (Python 3.11-3.13 draw ``n.bit_length()``
-        bits until the value is below ``n``). Tested against ``random.Random`` itself."""
+        ``randrange``'s rejection loop is written out (CPython draws ``n.bit_length()`` bits until
+        the value is below ``n``). A test compares the picks with the running Python's
+        ``random.Random``, so a Python that drew otherwise would fail it."""
         k = self.ctx.spec.formats.k
         index = base[b].index
         rng = self._rng
