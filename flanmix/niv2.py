@@ -361,31 +361,73 @@ class TaskStream:
             self._keys(stop_at_instances=False)
 
 
-def read_rows(path: str | Path, indices: Iterable[int]) -> list[dict[str, Any]]:
-    """The rows at ``indices`` (sorted ascending) of an NIv2 file, in one streaming pass."""
-    wanted = list(indices)
-    out: list[dict[str, Any]] = []
-    if not wanted:
-        return out
-    with TaskStream(path) as stream:
-        head = stream.header()
-        shared = {"definition": head.definition, "positive_examples": head.positive_examples}
-        j = 0
-        for i, value in enumerate(stream.instances(check=False)):
-            if wanted[j] == i:  # only the wanted instances are checked and normalised
-                inst = {**_instance(value, i, stream.name, stream._buf), **shared}
-                while j < len(wanted) and wanted[j] == i:
-                    out.append(inst)
-                    j += 1
-                if j == len(wanted):
-                    break
-    if j < len(wanted):
+class InstanceReader:
+    """Rows of one NIv2 file by sorted index, streaming: a read that asks only for instances after
+    the last one read goes on from there (a worker's consecutive units of one task), any other
+    starts the file again. Holds the file open between reads; :meth:`close` closes it."""
+
+    def __init__(self, path: str | Path):
+        self.path = path
+        self._stream: TaskStream | None = None
+        self._values: Iterator[dict[str, Any]] | None = None
+        self._shared: dict[str, Any] = {}
+        self._next = 0  # the index of the instance the stream gives next
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = self._values = None
+
+    def __del__(self) -> None:  # a worker's readers go with its renderer: the file with them
+        self.close()
+
+    def read(self, indices: Iterable[int]) -> list[dict[str, Any]]:
+        """The rows at ``indices`` (sorted ascending), with the task's definition and examples."""
+        wanted = list(indices)
+        out: list[dict[str, Any]] = []
+        if not wanted:
+            return out
+        if self._stream is None or wanted[0] < self._next:
+            self.close()
+            self._stream = TaskStream(self.path)
+            head = self._stream.header()
+            self._shared = {
+                "definition": head.definition,
+                "positive_examples": head.positive_examples,
+            }
+            self._values = self._stream.instances(check=False)
+            self._next = 0
+        stream, j = self._stream, 0
+        try:
+            for value in self._values:
+                i = self._next
+                self._next += 1
+                if wanted[j] == i:  # only the wanted instances are checked and normalised
+                    inst = {**_instance(value, i, stream.name, stream._buf), **self._shared}
+                    while j < len(wanted) and wanted[j] == i:
+                        out.append(inst)
+                        j += 1
+                    if j == len(wanted):
+                        return out
+        except BaseException:
+            self.close()  # the stream stopped mid-value: the next read starts again
+            raise
+        count = self._next
+        self.close()
         raise NIv2Error(
-            f"asked for instance {wanted[j]} but the file has {stream.count}",
-            location=Location(file=str(path)),
+            f"asked for instance {wanted[j]} but the file has {count}",
+            location=Location(file=str(self.path)),
             hint="the file changed since it was imported: import it again",
         )
-    return out
+
+
+def read_rows(path: str | Path, indices: Iterable[int]) -> list[dict[str, Any]]:
+    """The rows at ``indices`` (sorted ascending) of an NIv2 file, in one streaming pass."""
+    reader = InstanceReader(path)
+    try:
+        return reader.read(indices)
+    finally:
+        reader.close()
 
 
 def count_instances(path: str | Path) -> int:

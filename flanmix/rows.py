@@ -124,6 +124,8 @@ class UnitRenderer:
     def _reader(self, key: str) -> SourceReader:
         if key not in self._readers:
             if len(self._readers) > 8:
+                for reader in self._readers.values():
+                    reader.close()
                 self._readers.clear()
             self._readers[key] = SourceReader(self.ctx.plan_tasks[key].handle, self._spills)
         return self._readers[key]
@@ -602,7 +604,11 @@ class UnitRenderer:
             n = tp.shots.num_rows
             size = min(n, 8 * spec.eval.few_shot)
             idx = np.sort(seeded_rng(spec.seed, "eval-shots", task).choice(n, size, replace=False))
-            raw = SourceReader(tp.shots, self._spills).read(idx)
+            reader = SourceReader(tp.shots, self._spills)
+            try:
+                raw = reader.read(idx)
+            finally:
+                reader.close()
             prepare = self._prepare[task]
             self._shot_rows[task] = [(int(i), prepare(r)) for i, r in zip(idx, raw, strict=True)]
         pool = []

@@ -415,6 +415,7 @@ class SourceReader:
         self._offsets: list[int] = []
         self._kept: dict[tuple[int, int], pa.Table] = {}  # (file, row group): its rows
         self._paths: dict[int, str] = {}  # id of an open file: its path
+        self._niv2: Any = None  # an NIv2 file's InstanceReader, which reads on between calls
         self.spills = spills if spills is not None else SpillCache()
         if handle.kind == "arrow":
             tables = []
@@ -462,15 +463,22 @@ class SourceReader:
             self._kept = dict(small)
         return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
 
+    def close(self) -> None:
+        """Close what the reader holds open between reads (an NIv2 file)."""
+        if self._niv2 is not None:
+            self._niv2.close()
+
     def read(self, indices: np.ndarray) -> list[dict[str, Any]]:
         """Rows at ``indices`` (sorted ascending), as dicts."""
         h = self.handle
         if h.kind == "samples":
             return [h.rows[i] for i in indices.tolist()]
         if h.kind == "niv2":
-            from .niv2 import read_rows
+            if self._niv2 is None:
+                from .niv2 import InstanceReader
 
-            return read_rows(h.files[0], indices.tolist())
+                self._niv2 = InstanceReader(h.files[0])
+            return self._niv2.read(indices.tolist())
         if h.start:
             indices = indices + h.start
         if self._table is not None:

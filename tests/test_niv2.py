@@ -129,6 +129,26 @@ def test_read_rows_picks_sorted_indices_and_carries_the_header(tree):
         read_rows(path, [99])
 
 
+def test_instance_reader_reads_on_for_later_indices_and_starts_again_for_earlier(
+    tmp_path, monkeypatch
+):
+    import flanmix.niv2 as niv2
+
+    path = _huge(tmp_path / "task8_many.json", 300)
+    reads = [[0, 1, 1], [2, 50], [51], [120, 299], [7], [8, 9]]
+    expected = [read_rows(path, wanted) for wanted in reads]  # fresh one-pass reads
+    opened = []
+    monkeypatch.setattr(niv2, "TaskStream", lambda p: opened.append(p) or TaskStream(p))
+    reader = niv2.InstanceReader(path)
+    assert [reader.read(wanted) for wanted in reads] == expected
+    assert len(opened) == 2  # read on from one pass; started again once, for [7]
+    with pytest.raises(NIv2Error, match="asked for instance 300 but the file has 300"):
+        reader.read([10, 300])
+    assert reader.read([0]) == read_rows(path, [0])  # starts again after the error
+    reader.close()
+    reader.close()
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
