@@ -18,6 +18,7 @@ category through ``niv2_categories.yaml``. The folder is staged and published by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -423,11 +424,8 @@ class InstanceReader:
 
 def read_rows(path: str | Path, indices: Iterable[int]) -> list[dict[str, Any]]:
     """The rows at ``indices`` (sorted ascending) of an NIv2 file, in one streaming pass."""
-    reader = InstanceReader(path)
-    try:
+    with contextlib.closing(InstanceReader(path)) as reader:
         return reader.read(indices)
-    finally:
-        reader.close()
 
 
 def count_instances(path: str | Path) -> int:

@@ -9,6 +9,7 @@ split, row, repeat): there is no shared random state, and no two decisions share
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 from collections import Counter
@@ -604,11 +605,8 @@ class UnitRenderer:
             n = tp.shots.num_rows
             size = min(n, 8 * spec.eval.few_shot)
             idx = np.sort(seeded_rng(spec.seed, "eval-shots", task).choice(n, size, replace=False))
-            reader = SourceReader(tp.shots, self._spills)
-            try:
+            with contextlib.closing(SourceReader(tp.shots, self._spills)) as reader:
                 raw = reader.read(idx)
-            finally:
-                reader.close()
             prepare = self._prepare[task]
             self._shot_rows[task] = [(int(i), prepare(r)) for i, r in zip(idx, raw, strict=True)]
         pool = []
