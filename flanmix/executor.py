@@ -95,6 +95,8 @@ def _call(fn: Callable, state: Any, job: Any) -> tuple:
     try:
         return ("ok", fn(state, job))
     except BaseException as exc:  # noqa: BLE001 - sent back to the caller, raised there
+        if isinstance(exc, KeyboardInterrupt) and not _OWN_WORKER:
+            raise  # Ctrl-C (or SIGTERM, which the CLI turns into it) in the caller: it unwinds
         return _error_payload(exc)
 
 

@@ -220,3 +220,19 @@ def test_local_workers_are_on_this_machine_and_a_machine_has_one_id():
         with LocalExecutor(workers=n) as ex, ex.start(_setup, None, max_jobs=2) as w:
             assert w.one_machine
     assert machine_id() == machine_id() and machine_id().startswith(os.uname().nodename)
+
+
+def _interrupted(_state, _x):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_a_job_run_by_the_caller_unwinds_as_an_interrupt():
+    """One worker runs its jobs in the caller's process: a Ctrl-C there (or SIGTERM, which the
+    command line turns into KeyboardInterrupt) must stop the run as an interrupt ("interrupted",
+    exit 130), not come back as a job's error ("error: KeyboardInterrupt")."""
+    with (
+        LocalExecutor(workers=1) as ex,
+        ex.start(_setup, None, max_jobs=3) as w,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        list(w.map(_interrupted, range(3)))
