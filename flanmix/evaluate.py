@@ -972,8 +972,9 @@ def evaluate(
         protect=[mix.path, *models],
         what="the results",
         exists_ok=True,
+        replace=True,  # results of the same run are replaced without --overwrite
         error=EvaluateError,
-    ):
+    ) as out:
         _check_results_folder(out, run, cfg.overwrite)
         return _evaluate_into(out, run, mix, rows, shots, model, baseline, cfg)
 

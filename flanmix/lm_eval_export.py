@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FlanmixError, Location
-from .publish import check_out, claim, staging
+from .publish import check_out, claim, staging, write_marker
 
 MARKER = "flanmix_lm_eval.json"
 SEPARATOR = "\n"  # flanmix.models.SEPARATOR, kept here so exporting does not import torch
@@ -308,7 +308,8 @@ def export_lm_eval(
             )
     leaves = plan_leaves(rows, prefix)
     groups: dict[str, list[str]] = defaultdict(list)
-    with claim(dest, **guard), staging(dest) as tmp:  # one writer; DEST replaced only at the end
+    # one writer; DEST (what a link there points to) replaced only at the end
+    with claim(dest, **guard) as dest, staging(dest) as tmp:
         (tmp / "data").mkdir()
         for leaf in leaves:
             with open(tmp / "data" / f"{leaf['name']}.jsonl", "w", encoding="utf-8") as fh:
@@ -331,6 +332,9 @@ def export_lm_eval(
         }
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(summary, dest), encoding="utf-8")
+        write_marker(
+            tmp, "lm-eval"
+        )  # its files listed as it is published: what --overwrite replaces
     return {**summary, "path": str(dest)}
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Location, SourceError
-from .publish import MARKER, claim, os_error, staging, write_marker
+from .publish import MARKER, claim, os_error, record_files, staging, write_marker
 from .schema import FieldSpec, Task
 
 Rows = Iterable[dict[str, Any]]
@@ -588,6 +588,7 @@ def _mark_earlier_build(out: Path, splits: Iterable[str]) -> None:
     found = list(out.iterdir())
     if found and all(p.is_file() and not p.is_symlink() and p.name in names for p in found):
         write_marker(out, "source")
+        record_files(out)  # those files are the build's: --overwrite may replace them
 
 
 def _write(task: Task, split: str, rows: Rows, path: Path, schema, batch_rows: int, loc) -> int:

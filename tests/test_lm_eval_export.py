@@ -106,9 +106,12 @@ def test_overwrite_only_replaces_what_flanmix_made(tmp_path):
     export_lm_eval(mix, tmp_path / "lm")
     with pytest.raises(LmEvalExportError, match="already exists"):
         export_lm_eval(mix, tmp_path / "lm")
-    (tmp_path / "lm" / "stale.yaml").write_text("task: gone\n")
-    export_lm_eval(mix, tmp_path / "lm", overwrite=True)
-    assert not (tmp_path / "lm" / "stale.yaml").exists()  # replaced whole, not merged
+    (tmp_path / "lm" / "mine.yaml").write_text("task: mine\n")  # a file flanmix did not write
+    with pytest.raises(LmEvalExportError, match=r"holds files flanmix did not write \(mine.yaml\)"):
+        export_lm_eval(mix, tmp_path / "lm", overwrite=True)
+    assert (tmp_path / "lm" / "mine.yaml").read_text() == "task: mine\n"
+    (tmp_path / "lm" / "mine.yaml").unlink()
+    export_lm_eval(mix, tmp_path / "lm", overwrite=True)  # only flanmix's files: replaced whole
     with pytest.raises(LmEvalExportError, match="would replace"):  # never over its own mixture
         export_lm_eval(mix, mix, overwrite=True)
     with pytest.raises(LmEvalExportError, match="would replace"):

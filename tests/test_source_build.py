@@ -207,7 +207,11 @@ def test_existing_outputs_need_overwrite(tmp_path):
     build(task, FIXTURES / "para_crawl", out)
     with pytest.raises(SourceError, match="already exists"):
         build(task, FIXTURES / "para_crawl", out)
-    (out / "stale.parquet").write_bytes(b"from an earlier build")  # inside a folder flanmix made
+    (out / "mine.parquet").write_bytes(b"not the build's")  # inside a folder flanmix made
+    with pytest.raises(SourceError, match=r"holds files flanmix did not write \(mine.parquet\)"):
+        build(task, FIXTURES / "para_crawl", out, overwrite=True)
+    assert (out / "mine.parquet").read_bytes() == b"not the build's"
+    (out / "mine.parquet").unlink()
     assert build(task, FIXTURES / "para_crawl", out, overwrite=True) == {"train": 2}
     assert sorted(p.name for p in out.iterdir()) == [".flanmix", "train.parquet"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock, no temporary folder

@@ -286,6 +286,7 @@ def test_resume_continues_the_same_loss_curve(mixture, tmp_path):
     import shutil
 
     shutil.copytree(tmp_path / "full/checkpoints/step-000004", part / "checkpoints/step-000004")
+    shutil.copy(tmp_path / "full/.flanmix", part / ".flanmix")  # a run is marked when it starts
     (part / "metrics.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in full[:4]) + '{"step": 5, "loss": 9.9}\n'
     )
