@@ -50,7 +50,6 @@ import contextlib
 import json
 import math
 import random
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -523,15 +522,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )
     if cfg.max_steps <= 0 or cfg.batch_size <= 0 or cfg.grad_accum <= 0:
         raise TrainError("max_steps, batch_size and grad_accum must be positive")
-    from .publish import lock, write_marker
+    from .publish import lock, staging, write_marker
     from .verify import open_verified
 
     mixture = open_verified(cfg.mixture, verify=cfg.verify)
     out = _claim_run(cfg, mixture.path)
     with lock(out, TrainError):
-        if cfg.overwrite and not cfg.resume and out.exists():
-            shutil.rmtree(out)  # a flanmix run (checked by _claim_run): replaced, not mixed
         try:
+            if cfg.overwrite and not cfg.resume and out.exists():
+                # a flanmix run (checked by _claim_run), replaced whole and only once the new run
+                # is complete: it is written next to it and swapped in (a failed or interrupted
+                # new run leaves the old one as it was)
+                with staging(out) as tmp:
+                    write_marker(tmp, "run")
+                    return _train(cfg, tmp, mixture, published=out)
             out.mkdir(parents=True, exist_ok=True)
             write_marker(out, "run")
             return _train(cfg, out, mixture)
@@ -556,7 +560,12 @@ def _claim_run(cfg: TrainConfig, mixture: Path) -> Path:
     )
 
 
-def _train(cfg: TrainConfig, out: Path, mixture: Mixture) -> dict[str, Any]:
+def _train(
+    cfg: TrainConfig, out: Path, mixture: Mixture, published: Path | None = None
+) -> dict[str, Any]:
+    """Train into ``out``; ``published``: where ``out`` will be once swapped in (a run replacing
+    an older one is written next to it), for the paths the summary gives."""
+    shown = published or out
     seed_everything(cfg.seed)
     device = torch.device(
         "cuda"
@@ -795,8 +804,8 @@ def _train(cfg: TrainConfig, out: Path, mixture: Mixture) -> dict[str, Any]:
         "tokens": run_tokens,
         "seconds": round(run_seconds, 3),
         "tokens_per_s": round(run_tokens / max(run_seconds, 1e-9), 1),
-        "model_dir": str(final),
-        "metrics": str(metrics_path),
+        "model_dir": str(shown / final.relative_to(out)),
+        "metrics": str(shown / metrics_path.relative_to(out)),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -467,3 +467,28 @@ def test_bf16_autocast_on_cpu_and_unknown_precision(mixture, tmp_path):
     assert len(log) == 2 and all(r["loss"] > 0 for r in log)
     with pytest.raises(FlanmixError, match="precision 'fp16' is not auto, fp32 or bf16"):
         run(mixture, tmp_path / "fp16", "max_steps=1", "precision=fp16")
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_is_complete(mixture, tmp_path, monkeypatch):
+    """--overwrite replaces a run only once the new one is complete: a new run that fails (or is
+    interrupted) leaves the old one as it was, and a finished one gives its final paths."""
+    import flanmix.train as T
+
+    out = tmp_path / "run"
+    run(mixture, out, "max_steps=2")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real_train = T._train
+
+    def interrupted(cfg, where, mix, published=None):
+        (where / "metrics.jsonl").write_text("partial\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "_train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(mixture, out, "max_steps=2", overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary folder left
+    monkeypatch.setattr(T, "_train", real_train)
+    summary, _ = run(mixture, out, "max_steps=3", overwrite=True)
+    assert summary["steps"] == 3 and summary["model_dir"] == str(out / "model")
+    assert json.loads((out / "summary.json").read_text())["model_dir"] == str(out / "model")
