@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import DEFAULT_ROOT, TEMPLATES_DIR
-from .errors import FlanmixError
+from .errors import FlanmixError, Location
 
 DEMO_SPEC = DEFAULT_ROOT / "mixtures" / "small_offline.yaml"
 #: Train settings of the demo (any TrainConfig key); packed rows keep it to about a minute on 2 cores.
@@ -32,6 +32,44 @@ DEMO_TRAIN = {
 }
 
 
+#: What a demo folder holds: the demo's marker and its three outputs.
+DEMO_PARTS = ("mixture", "train", "eval")
+
+
+def claim_demo(out: str | Path) -> Path:
+    """The demo's folder, checked and marked: a new or empty folder, or an earlier demo's
+    (replaced part by part, each part only once its new version is complete), never anything
+    else: a folder holding other files is refused whole, before any step runs."""
+    from .publish import MARKER, OutputError, check_out, made_by_flanmix, write_marker
+
+    path = Path(out)
+    if path.is_dir() and not (path / MARKER).exists() and _earlier_demo(path):
+        write_marker(path, "demo")  # a demo folder of a flanmix that did not mark it
+    path = check_out(path, overwrite=True, what="the demo")  # nothing flanmix did not write
+    kind = made_by_flanmix(path) if path.exists() else "empty"
+    if kind not in ("demo", "empty"):
+        raise OutputError(
+            f"refusing to use a flanmix {kind} as the demo folder",
+            location=Location(file=str(out)),
+            hint="choose a new folder, e.g. out/demo",
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    if kind == "empty":
+        write_marker(path, "demo")
+    return path
+
+
+def _earlier_demo(path: Path) -> bool:
+    """A folder that holds nothing but demo parts, each one a folder flanmix made."""
+    from .publish import made_by_flanmix
+
+    entries = list(path.iterdir())
+    return bool(entries) and all(
+        p.name in DEMO_PARTS and p.is_dir() and not p.is_symlink() and made_by_flanmix(p)
+        for p in entries
+    )
+
+
 def run_demo(
     out: str | Path,
     steps: int = 150,
@@ -46,7 +84,7 @@ def run_demo(
     from .mixture import Manifest
     from .train import load_config, train
 
-    out = Path(out)
+    out = claim_demo(out)
     timings: dict[str, float] = {}
 
     log("[1/4] lint task_templates/")

@@ -54,6 +54,7 @@ LOCO_FILES = ("loco.json", "README.md")
 LAYOUTS = {
     "run": (MARKER, "config.yaml", "metrics.jsonl", "summary.json", "model", "checkpoints"),
     "evaluation": (MARKER, "results.json", "results.md", "predictions.json", "charts"),
+    "demo": (MARKER, "mixture", "train", "eval"),  # each part checked when it is replaced
 }
 NAME_MAX = 255
 TMP_ROOM = 24  # '.' + '.tmp-' + a pid, and '.lock'

@@ -123,3 +123,31 @@ def test_empty_paths_and_broken_links_get_their_own_errors(tmp_path):
     broken.symlink_to(tmp_path / "gone")
     with pytest.raises(OutputError, match="broken link"):
         check_out(broken, overwrite=True)
+
+
+def test_the_demo_folder_is_new_empty_or_an_earlier_demo(tmp_path):
+    """``flanmix demo --out DIR`` replaced DIR/mixture, DIR/train and DIR/eval in any folder."""
+    from flanmix.demo import claim_demo
+
+    proj = tmp_path / "proj"
+    (proj / "train").mkdir(parents=True)
+    (proj / "train" / "config.yaml").write_text("lr: 1\n")
+    (proj / "train" / "metrics.jsonl").write_text("{}\n")
+    (proj / "thesis.tex").write_text("mine")
+    with pytest.raises(OutputError, match="not a folder flanmix made"):
+        claim_demo(proj)
+    assert sorted(p.name for p in proj.rglob("*")) == [
+        "config.yaml", "metrics.jsonl", "thesis.tex", "train"
+    ]  # fmt: skip
+    exp = tmp_path / "exp"
+    _export_like(exp)
+    with pytest.raises(OutputError, match="flanmix export as the demo folder"):
+        claim_demo(exp)
+    fresh = claim_demo(tmp_path / "new")
+    assert (fresh / ".flanmix").is_file() and claim_demo(fresh) == fresh  # its own: again
+    (fresh / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"did not write \(notes.txt\)"):
+        claim_demo(fresh)
+    earlier = tmp_path / "earlier"  # a demo of a flanmix that did not mark the folder
+    _export_like(earlier / "mixture")
+    assert claim_demo(earlier) == earlier and (earlier / ".flanmix").is_file()
