@@ -587,14 +587,21 @@ def _add_inspect(sub) -> None:
     p.add_argument(
         "mixture", type=Path, help="compiled mixture directory (or a leave-one-cluster-out root)"
     )
-    p.add_argument("--plot", type=Path, default=None, help="also save a bar chart (PNG) here")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="also save a bar chart to this new file (.png, .svg or .pdf; .png if none given)",
+    )
     p.set_defaults(func=_run_inspect)
 
 
 def _run_inspect(args) -> int:
     from .mixture import loco_mixtures
-    from .report import composition_report, plot_composition
+    from .report import composition_report, plot_composition, plot_target
 
+    if args.plot is not None:
+        plot_target(args.plot)  # a bad --plot fails before the report, not after it
     loco = loco_mixtures(args.mixture)
     if loco:  # a leave-one-cluster-out root: every mixture in it
         print(f"{args.mixture}: leave-one-cluster-out root, {len(loco)} mixtures")
@@ -602,7 +609,8 @@ def _run_inspect(args) -> int:
             print(f"\n== {path} (held out: {cluster})")
             print(composition_report(path))
             if args.plot is not None:
-                plot = args.plot.with_name(f"{args.plot.stem}-{cluster}{args.plot.suffix}")
+                plot = plot_target(args.plot)  # checked as given, then one file per mixture
+                plot = plot.with_name(f"{plot.stem}-{cluster}{plot.suffix}")
                 print(f"plot saved to {plot_composition(path, plot)}")
         return 0
     print(composition_report(args.mixture))

@@ -6,6 +6,8 @@ Both read only the manifest (:class:`~flanmix.mixture.Mixture`); dataset cards a
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -93,9 +95,47 @@ def composition_report(mixture_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+#: What ``--plot`` writes, by the file's suffix (none: ``.png`` is added)
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def plot_target(path: str | Path) -> Path:
+    """Where a plot asked for at ``path`` is written: a new file (an existing one is never
+    replaced: flanmix cannot tell a chart it drew from a user's file of that name) whose suffix
+    names a format matplotlib writes (``.png`` added when there is none); its folder is created."""
+    from .publish import OutputError, ensure_parent
+
+    given = str(path)
+    if not given.strip():
+        raise OutputError("plot path is empty", hint="name a file, e.g. mix.png")
+    target = Path(os.path.abspath(path))
+    if target.is_dir():
+        raise OutputError(
+            "is a folder", location=Location(file=given), hint="name a file, e.g. mix.png"
+        )
+    if not target.suffix:
+        target = target.with_name(target.name + ".png")
+    if target.suffix.lower() not in PLOT_FORMATS:
+        raise OutputError(
+            f"cannot plot to a {target.suffix} file",
+            location=Location(file=given),
+            hint="use " + ", ".join(PLOT_FORMATS),
+        )
+    if target.exists() or target.is_symlink():
+        raise OutputError(
+            f"{target.name} exists: not replacing it",
+            location=Location(file=given),
+            hint="choose a new file name, or remove that file first",
+        )
+    ensure_parent(target, given)
+    return target
+
+
 def plot_composition(mixture_dir: str | Path, path: str | Path) -> Path:
     """Save bar charts of the rows per cluster, format and task, for the train and the eval split,
-    each bar labelled with its count (needs matplotlib)."""
+    each bar labelled with its count (needs matplotlib), to a new file (:func:`plot_target`);
+    returns where. The chart is drawn into a temporary file beside it and linked into place, so
+    an interrupted plot leaves nothing and a file made meanwhile is not replaced."""
     try:
         import matplotlib
 
@@ -103,11 +143,25 @@ def plot_composition(mixture_dir: str | Path, path: str | Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise CompileError("plotting needs matplotlib", hint="pip install matplotlib") from exc
+    from .publish import OutputError, os_error
+
+    target = plot_target(path)
     fig = composition_figure(Mixture.open(mixture_dir).info, plt)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}{target.suffix}")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.link(tmp, target)  # never over a file that appeared meanwhile
+    except FileExistsError:
+        raise OutputError(
+            f"{target.name} exists: not replacing it", location=Location(file=str(path))
+        ) from None
+    except OSError as exc:
+        raise os_error(exc, target) from exc
+    finally:
+        plt.close(fig)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return target
 
 
 def composition_figure(manifest: Manifest | dict[str, Any], plt):

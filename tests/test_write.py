@@ -222,6 +222,19 @@ def test_cli_compile_inspect_verify(tmp_path, capsys):
     assert "samples (offline)" in text and "by cluster" in text and "train: " in text
     assert main(["inspect", str(out), "--plot", str(tmp_path / "plot.png")]) == 0
     assert (tmp_path / "plot.png").stat().st_size > 1000
+    capsys.readouterr()
+    (tmp_path / "thesis.pdf").write_text("mine")  # an existing file is never replaced
+    for bad, why in (
+        ("thesis.pdf", "exists: not replacing it"),
+        ("x.tex", "cannot plot to a .tex"),
+    ):
+        assert main(["inspect", str(out), "--plot", str(tmp_path / bad)]) == 2
+        captured = capsys.readouterr()
+        assert why in captured.err and "Traceback" not in captured.err
+        assert not captured.out  # refused before the report
+    assert (tmp_path / "thesis.pdf").read_text() == "mine"
+    assert main(["inspect", str(out), "--plot", str(tmp_path / "chart")]) == 0  # .png added
+    assert f"plot saved to {tmp_path / 'chart.png'}" in capsys.readouterr().out
     assert main(["verify", str(out)]) == 0
     shard = Mixture.open(out).files("train")[0]
     shard.write_bytes(shard.read_bytes() + b"x")
