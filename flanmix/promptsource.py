@@ -29,6 +29,7 @@ for the user to confirm; sample rows are synthesised from them and marked synthe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -885,25 +886,70 @@ def dump_task(task: dict[str, Any]) -> str:
     )
 
 
+#: The first line of a task file ``flanmix import promptsource`` writes: the sha256 of the rest,
+#: so that ``--overwrite`` replaces only a file the import wrote and nobody edited since.
+IMPORT_HEADER = (
+    "# written by flanmix import promptsource, sha256 {}; edited, --overwrite keeps it\n"
+)
+_HEADER_RE = re.compile(r"# written by flanmix import promptsource, sha256 ([0-9a-f]{64});")
+
+
+def _imported_unchanged(path: Path) -> bool:
+    """Whether ``path`` is a task file the import wrote, unedited since."""
+    try:
+        first, _, rest = path.read_bytes().partition(b"\n")
+    except OSError:
+        return False
+    found = _HEADER_RE.match(first.decode("utf-8", "replace"))
+    return found is not None and hashlib.sha256(rest).hexdigest() == found.group(1)
+
+
 def write_task(task: dict[str, Any], out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``<out_dir>/<task id>.yaml`` atomically (temporary name, then rename)."""
+    """Write ``<out_dir>/<task id>.yaml`` atomically (temporary name, then rename). An existing
+    file is replaced only with ``overwrite``, and only if this import wrote it and it was not
+    edited since (its first line holds the sha256 of the rest): a hand-written task file of the
+    same name, or an imported one whose fields a user confirmed, is never replaced."""
+    from .publish import ensure_parent, os_error
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    loc = Location(file=str(out_dir))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TaskFileError("is a file, not a folder", location=loc, hint="name a folder")
+    if not out_dir.exists():
+        ensure_parent(out_dir)
+        try:
+            out_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, out_dir) from exc
     path = out_dir / f"{task['id']}.yaml"
-    if path.exists() and not overwrite:
-        raise TaskFileError(
-            "file exists",
-            location=Location(file=str(path), task=task["id"]),
-            hint="pass --overwrite to replace it",
-        )
-    fd, tmp = tempfile.mkstemp(prefix=f".{task['id']}.", suffix=".tmp", dir=out_dir)
+    where = Location(file=str(path), task=task["id"])
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise TaskFileError(
+                "file exists", location=where, hint="pass --overwrite to replace it"
+            )
+        if path.is_symlink() or not path.is_file() or not _imported_unchanged(path):
+            raise TaskFileError(
+                "not replacing it: this import did not write it, or it was edited since",
+                location=where,
+                hint="move it away first, or import into another folder",
+            )
+    text = dump_task(task)
+    body = IMPORT_HEADER.format(hashlib.sha256(text.encode("utf-8")).hexdigest()) + text
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{task['id']}.", suffix=".tmp", dir=out_dir)
+    except OSError as exc:
+        raise os_error(exc, out_dir) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(dump_task(task))
+            fh.write(body)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a task file is an ordinary file
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise os_error(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

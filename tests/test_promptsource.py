@@ -493,3 +493,30 @@ def test_sample_values_pin_whole_fields_and_bad_ones_are_refused(tmp_path):
     )
     with pytest.raises(TaskFileError, match="sample_values"):
         load_table(bad)
+
+
+def test_overwrite_replaces_only_task_files_the_import_wrote_unedited(tmp_path):
+    """A hand-written task file of the same name, or an imported one edited since (a user who
+    confirmed its inferred fields), is never replaced, --overwrite or not."""
+    out = tmp_path / "task_templates" / "imported"
+    written = import_promptsource(FIXTURES, out).written
+    mine = out / "ps_toy_nli.yaml"
+    edited = next(p for p in written if p.name != mine.name)
+    mine.write_text("id: ps_toy_nli\n# my own task\n")
+    edited.write_text(edited.read_text() + "# fields confirmed by hand\n")
+    untouched = {p: p.read_text() for p in written if p not in (mine, edited)}
+    for path in (mine, edited):
+        before = path.read_text()
+        with pytest.raises(Exception, match="did not write it, or it was edited since"):
+            import_promptsource(FIXTURES, out, overwrite=True)
+        assert path.read_text() == before
+        path.unlink()  # moved away: the rest goes on
+    assert import_promptsource(FIXTURES, out, overwrite=True).imported == 11
+    assert all(p.read_text() == text for p, text in untouched.items())
+
+
+def test_import_into_a_file_or_an_unwritable_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["import", "promptsource", str(NLI), "-o", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
