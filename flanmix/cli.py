@@ -986,20 +986,34 @@ def _add_sources_fixture(actions) -> None:
         "(FLANMIX_HUB_ROOT=OUT) without a network.",
     )
     p.add_argument("tasks", nargs="*", help="task ids (default: every task with a hub source)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="the stand-in hub folder")
+    p.add_argument(
+        "-o", "--out", type=Path, required=True, help="the stand-in hub folder (a new one)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an OUT an earlier fixture command wrote"
+    )
     p.add_argument("--root", type=Path, default=None, help="folder holding task_templates/")
     p.set_defaults(func=_run_sources_fixture)
 
 
 def _run_sources_fixture(args) -> int:
+    from .publish import claim, staging, write_marker
     from .repo_fixture import write_fixture_repo
 
     catalog = _catalog(args)
+    tasks = [catalog.task(t) for t in args.tasks or sorted(catalog.tasks)]
     written = []
-    for t in args.tasks or sorted(catalog.tasks):
-        folder = write_fixture_repo(catalog.task(t), args.out)
-        if folder is not None:
-            written.append(folder)
+    # OUT goes through the output guard: new, empty, or an earlier fixture's (with --overwrite),
+    # written whole next to it and swapped in
+    with (
+        claim(args.out, overwrite=args.overwrite, what="the stand-in hub") as out,
+        staging(out) as tmp,
+    ):
+        for task in tasks:
+            folder = write_fixture_repo(task, tmp)
+            if folder is not None:
+                written.append(folder)
+        write_marker(tmp, "hub-fixture")
     print(f"wrote {len(written)} repository folder(s) under {args.out}")
     return 0
 

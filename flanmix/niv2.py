@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from .errors import FlanmixError, Location, SourceError
-from .publish import staging
+from .publish import ensure_parent, imported_catalog_files, refuse_foreign, staging
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CATEGORIES_FILE = DATA_DIR / "niv2_categories.yaml"
@@ -833,7 +833,7 @@ def import_natural_instructions(
     split_excluded = set(_names(splits_dir / "excluded_tasks.txt")) if splits_dir else set()
     _check_out(out, overwrite)
     report = ImportReport(out=out, files=len(files), splits_dir=splits_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_parent(out)  # a one-line error where OUT's folder cannot be made or written
     with staging(out) as stage:  # published whole, or not at all
         members: dict[str, list[ImportedTask]] = {}
         for n, f in enumerate(files):
@@ -965,3 +965,4 @@ def _check_out(out: Path, overwrite: bool) -> None:
             location=Location(file=str(out)),
             hint="pass --overwrite to replace it",
         )
+    refuse_foreign(out, imported_catalog_files(out, MARKER), FlanmixError)

@@ -38,7 +38,7 @@ from .promptsource import (
     infer_examples,
     read_templates_file,
 )
-from .publish import staging
+from .publish import ensure_parent, imported_catalog_files, refuse_foreign, staging
 from .render import Skip, compile_task
 from .schema import Task
 
@@ -433,7 +433,8 @@ def _write(ready: list[Outcome], out: Path, overwrite: bool) -> Path:
             raise TaskFileError(
                 "exists", location=Location(file=str(out)), hint="pass --overwrite to replace it"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
+        refuse_foreign(out, imported_catalog_files(out, MARKER), TaskFileError)
+    ensure_parent(out)  # a one-line error where OUT's folder cannot be made or written
     with staging(out) as stage:  # published whole, or not at all
         clusters: dict[str, list[str]] = {}
         for o in sorted(ready, key=lambda o: o.task["id"]):

@@ -161,6 +161,52 @@ def foreign_files(folder: Path, kind: str) -> list[str] | None:
     return [f for f in have if f not in mine]
 
 
+def imported_catalog_files(folder: Path, marker: str) -> list[str] | None:
+    """Files of an imported catalog folder (``marker``, ``clusters.yaml`` and one task file per
+    task its clusters.yaml lists) that the import did not write; None if that is unreadable."""
+    from .yamlio import load_yaml
+
+    try:
+        doc, _ = load_yaml(folder / "clusters.yaml")
+    except (FlanmixError, OSError):
+        return None
+    clusters = doc.get("clusters") if isinstance(doc, dict) else None
+    if not isinstance(clusters, dict):
+        return None
+    mine = {marker, "clusters.yaml"}
+    for cluster, entry in clusters.items():
+        tasks = entry.get("tasks") if isinstance(entry, dict) else None
+        if not isinstance(tasks, list):
+            return None
+        mine |= {f"task_templates/{cluster}/{t}.yaml" for t in tasks}
+    return [f for f in _files_under(folder) if f not in mine]
+
+
+def refuse_foreign(
+    out: Path,
+    foreign: list[str] | None,
+    error: type[FlanmixError] = OutputError,
+    given: str | None = None,
+) -> None:
+    """Refuse to replace ``out`` if it holds files flanmix did not write (``foreign``, from
+    :func:`foreign_files`), or if that cannot be told (None)."""
+    loc = Location(file=given or str(out))
+    if foreign is None:
+        raise error(
+            "not replaced: an older flanmix made it without listing its files, so files "
+            "added to it cannot be told apart",
+            location=loc,
+            hint="remove it yourself if nothing in it is yours, or choose a new folder",
+        )
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise error(
+            f"not replaced: it holds files flanmix did not write ({', '.join(foreign[:3])}{more})",
+            location=loc,
+            hint="move them out first, or choose a new folder",
+        )
+
+
 def record_files(folder: Path) -> None:
     """List every file of a staged folder in its ``.flanmix`` marker (if it has one), as it is
     published: what ``overwrite`` may replace later (:func:`foreign_files`)."""
@@ -258,22 +304,7 @@ def check_out(
         if not overwrite and not exists_ok:
             raise error("already exists", location=loc, hint="pass --overwrite to replace it")
         if overwrite if replace is None else replace:
-            foreign = foreign_files(out, kind)
-            if foreign is None:
-                raise error(
-                    "not replaced: an older flanmix made it without listing its files, so files "
-                    "added to it cannot be told apart",
-                    location=loc,
-                    hint="remove it yourself if nothing in it is yours, or choose a new folder",
-                )
-            if foreign:
-                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-                raise error(
-                    "not replaced: it holds files flanmix did not write "
-                    f"({', '.join(foreign[:3])}{more})",
-                    location=loc,
-                    hint="move them out first, or choose a new folder",
-                )
+            refuse_foreign(out, foreign_files(out, kind), error, given)
     ensure_parent(out, given, error)
     return out
 

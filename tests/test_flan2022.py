@@ -172,3 +172,21 @@ def test_manifest_records_the_spec(collection):
     assert json.dumps(spec["catalogs"]) == json.dumps(
         {"t0sf": "../catalogs/t0sf", "niv2": "../tests/fixtures/niv2_tasks"}
     )
+
+
+def test_catalog_overwrite_keeps_files_the_import_did_not_write(collection, tmp_path):
+    import shutil
+
+    from flanmix.errors import TaskFileError
+    from flanmix.promptsource import installed_templates
+    from flanmix.promptsource_catalog import build_catalog
+
+    out = tmp_path / "t0sf"
+    shutil.copytree(collection["root"] / "t0sf", out)
+    mine = out / "task_templates" / "my_own_task.yaml"
+    mine.write_text("id: my_own_task\n")
+    with pytest.raises(TaskFileError, match=r"did not write \(task_templates/my_own_task.yaml\)"):
+        build_catalog(installed_templates(), out, selection="t0sf", overwrite=True)
+    assert mine.read_text() == "id: my_own_task\n"
+    mine.unlink()
+    build_catalog(installed_templates(), out, selection="t0sf", overwrite=True)  # its own: replaced

@@ -344,6 +344,13 @@ def test_out_folder_rules(tree, tmp_path):
         import_natural_instructions([one], out)
     import_natural_instructions([one], out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imp", "mine"]
+    (out / "task_templates" / "my_task.yaml").write_text("id: mine\n")  # added by a user
+    with pytest.raises(FlanmixError, match=r"did not write \(task_templates/my_task.yaml\)"):
+        import_natural_instructions([one], out, overwrite=True)
+    assert (out / "task_templates" / "my_task.yaml").read_text() == "id: mine\n"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FlanmixError, match="is a file"):  # OUT's folder: one line, no traceback
+        import_natural_instructions([one], tmp_path / "afile" / "imp")
 
 
 def test_committed_import_is_current(tmp_path):

@@ -151,3 +151,20 @@ def test_the_demo_folder_is_new_empty_or_an_earlier_demo(tmp_path):
     earlier = tmp_path / "earlier"  # a demo of a flanmix that did not mark the folder
     _export_like(earlier / "mixture")
     assert claim_demo(earlier) == earlier and (earlier / ".flanmix").is_file()
+
+
+def test_sources_fixture_writes_a_new_stand_in_hub_only(tmp_path, capsys):
+    """``sources fixture -o DIR`` wrote into any folder, replacing files at its repository paths."""
+    from flanmix.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["sources", "fixture", "piqa", "-o", str(mine)]) == 2
+    assert "not a folder flanmix made" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    hub = tmp_path / "hub"
+    assert main(["sources", "fixture", "piqa", "-o", str(hub)]) == 0
+    assert main(["sources", "fixture", "piqa", "-o", str(hub)]) == 2  # exists
+    assert main(["sources", "fixture", "piqa", "rte", "-o", str(hub), "--overwrite"]) == 0
+    assert "wrote 2 repository folder(s)" in capsys.readouterr().out
