@@ -1109,6 +1109,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwinding as Ctrl-C does (:func:`_exit_cleanly_on_sigterm`); exit status 143."""
+
+
 def _exit_cleanly_on_sigterm():
     """SIGTERM unwinds like Ctrl-C (temporary folders removed, workers stopped, locks released)
     instead of killing the process where it stands. Returns the handler to put back."""
@@ -1116,7 +1120,7 @@ def _exit_cleanly_on_sigterm():
     import threading
 
     def stop(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     if threading.current_thread() is not threading.main_thread():
         return None
@@ -1132,7 +1136,10 @@ def main(argv: list[str] | None = None) -> int:
     except FlanmixError as exc:
         print(f"flanmix {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # what was staged is removed as it unwinds
+        if isinstance(exc, Terminated):
+            print("terminated", file=sys.stderr)
+            return 143  # 128 + SIGTERM, as a shell reports a process SIGTERM killed
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` & co: stop quietly (Python docs' recipe)

@@ -141,7 +141,24 @@ def _executor(spec: MixtureSpec, kind, workers, address, scratch) -> Executor:
     conf = spec.executor
     kind = kind or ("ray" if address else conf.kind)  # --ray-address implies ray
     address = address or (conf.address if kind == conf.kind else None)
-    return make_executor(kind, workers=workers, address=address, scratch=scratch or conf.scratch)
+    scratch = scratch or conf.scratch
+    if scratch and not storage.is_url(scratch):
+        _check_scratch(Path(scratch))
+    return make_executor(kind, workers=workers, address=address, scratch=scratch)
+
+
+def _check_scratch(folder: Path) -> None:
+    """A local scratch folder (``--scratch``, ``executor.scratch``) is a folder this process can
+    write, made if missing: one located line otherwise, before anything runs."""
+    loc = Location(file=str(folder), field="executor.scratch")
+    if folder.exists() and not folder.is_dir():
+        raise CompileError("scratch is a file, not a folder", location=loc, hint="name a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompileError(f"cannot make the scratch folder: {exc.strerror}", location=loc) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CompileError("cannot write in the scratch folder: permission denied", location=loc)
 
 
 def _refuse_existing(out: Path, overwrite: bool) -> None:

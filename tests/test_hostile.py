@@ -568,7 +568,7 @@ def test_sigterm_stops_the_workers_too(tmp_path):
         children = psutil.Process(main_proc.pid).children(recursive=True)
         assert children
         main_proc.terminate()
-        main_proc.wait(timeout=30)
+        assert main_proc.wait(timeout=30) == 143  # 128 + SIGTERM, after unwinding ("terminated")
         gone, alive = psutil.wait_procs(children, timeout=15)
         assert not alive
     finally:

@@ -168,3 +168,17 @@ def test_sources_fixture_writes_a_new_stand_in_hub_only(tmp_path, capsys):
     assert main(["sources", "fixture", "piqa", "-o", str(hub)]) == 2  # exists
     assert main(["sources", "fixture", "piqa", "rte", "-o", str(hub), "--overwrite"]) == 0
     assert "wrote 2 repository folder(s)" in capsys.readouterr().out
+
+
+def test_a_bad_scratch_folder_is_one_located_line(tmp_path, capsys):
+    from flanmix.catalog import DEFAULT_ROOT
+    from flanmix.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    spec = str(DEFAULT_ROOT / "mixtures" / "small_offline.yaml")
+    for scratch, why in (("afile", "is a file"), ("afile/x", "cannot make the scratch folder")):
+        argv = ["compile", spec, "-o", str(tmp_path / "o"), "--offline"]
+        assert main([*argv, "--scratch", str(tmp_path / scratch)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and "field=executor.scratch" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
