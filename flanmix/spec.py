@@ -430,14 +430,31 @@ def spec_from_mapping(data: dict[str, Any]) -> MixtureSpec:
 
 def check_names(spec: MixtureSpec, catalog: Any, spec_file: str | None = None) -> None:
     """Refuse names a spec would otherwise ignore without a word: a weight for a task or submix
-    that is not a member of its node (a misspelt name), and a task both in ``tasks`` and in
+    that is not a member of its node (a misspelt name), a task in ``exclude_tasks`` or
+    ``sources`` that the catalog does not have, and a task both in ``tasks`` and in
     ``exclude_tasks`` of one node. Raises :class:`SpecError` located at the spec's line."""
     from .errors import did_you_mean
     from .plan import node_tasks, spec_location
 
     users: dict[int, tuple[Mixing, str, list[str]]] = {}  # a mixing -> where, its nodes' members
 
+    known = list(catalog.tasks)
+
+    def unknown_task(name: str, field: str) -> SpecError:
+        return SpecError(
+            f"unknown task {name!r}",
+            location=spec_location(spec_file, field),
+            hint=did_you_mean(name, known) or "see `flanmix list` for the tasks",
+        )
+
+    for name in spec.sources:  # a misspelt name would leave the task on its usual source
+        if name not in catalog.tasks:
+            raise unknown_task(name, f"sources.{name}")
+
     def walk(node: Submix, mixing: Mixing, where: str) -> None:
+        for i, name in enumerate(node.exclude_tasks):  # a misspelt name would exclude nothing
+            if name not in catalog.tasks:
+                raise unknown_task(name, f"{where}exclude_tasks[{i}]")
         both = [t for t in node.tasks if t in set(node.exclude_tasks)]
         if both:
             i = node.tasks.index(both[0])

@@ -634,6 +634,9 @@ def test_spec_mistakes_that_were_silently_ignored(tmp_path, catalog):
     spec = make_spec(clusters=[], tasks=["ent", "senti"], exclude_tasks=["senti"])
     with pytest.raises(FlanmixError, match="both in tasks and in exclude_tasks"):
         compile_mixture(spec, tmp_path / "b", catalog=catalog, offline=True, base_dir=tmp_path)
+    for spec in (make_spec(exclude_tasks=["sentii"]), make_spec(sources={"sentii": "x"})):
+        with pytest.raises(FlanmixError, match="unknown task 'sentii'.*\n.*did you mean 'senti'"):
+            compile_mixture(spec, tmp_path / "c", catalog=catalog, offline=True, base_dir=tmp_path)
 
 
 def test_output_path_problems_are_one_line(tmp_path, catalog, built, capsys):
