@@ -27,7 +27,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import budget
 from .budget import BudgetSandbox, regex_sub, timed
-from .errors import Location, SandboxError, TemplateError
+from .errors import Location, SandboxError, SourceError, TemplateError
 from .schema import Task, Template
 
 ANSWER_CHOICES = "answer_choices"
@@ -670,7 +670,9 @@ class RowPreparer:
     def __init__(self, task: Task, location: Location | None = None):
         self.task = task
         self._rename = task.source.rename
-        self._labels = [name for name, spec in task.fields.items() if spec.type == "class_label"]
+        self._labels = [
+            (name, spec) for name, spec in task.fields.items() if spec.type == "class_label"
+        ]
         self._filters = []
         loc = (location or Location()).with_(task=task.id)
         for i, flt in enumerate(task.source.filters):
@@ -689,10 +691,22 @@ class RowPreparer:
             row = {self._rename.get(k, k): v for k, v in row.items()}
         elif not isinstance(row, dict):
             row = dict(row)
-        for name in self._labels:
+        for name, spec in self._labels:
             value = row.get(name)
             if value is None or value == -1:
                 return Skip(f"unlabeled ({name} is {value})")
+            if type(value) is not int or not 0 <= value < len(spec.names):
+                # -2 would index answer_choices from the end: a wrong gold answer, not an error
+                n = len(spec.names or [])
+                raise SourceError(
+                    f"{name}: label {value} is out of range for {n} names (-1 means unlabeled)"
+                    if type(value) is int
+                    else f"{name}: expected a class label id (int), got "
+                    f"{type(value).__name__} {value!r:.60}",
+                    location=self._loc.with_(field=f"fields.{name}"),
+                    hint="class labels are 0..n-1 in the order of 'names'; -1 or null marks an "
+                    "unlabeled row (skipped and counted)",
+                )
         return self._filter(row) if self._filters else row
 
     @timed  # filters are the task file's Jinja: under the render budget
