@@ -188,6 +188,35 @@ def undeclared_variables(source: str) -> set[str]:
     return set(referenced_names(source) - RESERVED_NAMES)
 
 
+@functools.lru_cache(maxsize=8192)
+def null_skipped_names(source: str) -> tuple[str, ...]:
+    """Row fields a template (or ``{{ expression }}``) reads whose null value skips the row.
+
+    A null would print as "None" (``{{ x }}``, ``x | trim``, ``x ~ '.'``): the row is skipped,
+    counted with its reason. Fields the template tests for itself are left to it: in an
+    ``{% if %}`` test, an ``is`` test (``x is none``, ``x is defined``) or under ``default``."""
+    from jinja2 import nodes
+
+    try:
+        tree = ENV.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return ()
+    guarded: set[str] = set()
+
+    def names(node) -> set[str]:
+        found = {n.name for n in node.find_all(nodes.Name) if n.ctx == "load"}
+        if isinstance(node, nodes.Name) and node.ctx == "load":
+            found.add(node.name)
+        return found
+
+    for node in tree.find_all((nodes.If, nodes.Test, nodes.Filter)):
+        if isinstance(node, nodes.If):
+            guarded |= names(node.test)
+        elif isinstance(node, nodes.Test) or node.name in ("default", "d"):
+            guarded |= names(node.node)
+    return tuple(sorted(undeclared_variables(source) - guarded))
+
+
 # ----------------------------------------------------------------------------- compiled templates
 
 
@@ -226,6 +255,13 @@ class CompiledTemplate:
 
     def __post_init__(self) -> None:
         self.full_id = f"{self.task}.{self.template.id}"
+        t = self.template
+        choices = t.answer_choices
+        sources = [t.input, t.target]
+        sources += choices if isinstance(choices, list) else []
+        sources += ["{{ " + choices + " }}"] if isinstance(choices, str) else []
+        #: fields whose null skips the row instead of printing "None" (:func:`null_skipped_names`)
+        self._nullable = tuple(sorted({n for src in sources for n in null_skipped_names(src)}))
         self._static_list = list(self._static_choices) if self._static_choices is not None else None
         # plain parts (text and simple outputs) render without Jinja: see plain_renderer
         self._plain = (plain_renderer(self.template.input), plain_renderer(self.template.target))
@@ -272,6 +308,9 @@ class CompiledTemplate:
     @timed
     def render(self, row: Mapping[str, Any], seed: int = 0) -> Rendered | Skip:
         """Render one row. Raises :class:`TemplateError` on a template bug; returns Skip for bad rows."""
+        for name in self._nullable:
+            if row.get(name, _MISSING) is None:
+                return Skip(f"null {name}")
         token = None
         context = None
         part = ANSWER_CHOICES

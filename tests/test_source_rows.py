@@ -21,8 +21,9 @@ def catalog():
     return load_catalog(FIXTURE)
 
 
-def _compile(tmp_path, catalog, files: dict[str, bytes | pa.Table]):
-    """Compile senti (train) from a folder holding ``files``; its eval split is the test file."""
+def _compile(tmp_path, catalog, files: dict[str, bytes | pa.Table], held_out=False):
+    """Compile senti from a folder holding ``files``: its train file, or (``held_out``) its test
+    file as eval rows beside another task's samples."""
     folder = tmp_path / "src"
     folder.mkdir(exist_ok=True)
     for name, content in files.items():
@@ -31,10 +32,12 @@ def _compile(tmp_path, catalog, files: dict[str, bytes | pa.Table]):
         else:
             (folder / name).write_bytes(content)
     spec = make_spec(
-        clusters=[], tasks=["senti"], holdout={}, cap=1000, total_rows=None,
+        clusters=[], tasks=["senti", "same"] if held_out else ["senti"], cap=1000,
+        holdout={"tasks": ["senti"]} if held_out else {}, total_rows=None,
         sources={"senti": str(folder)},
     )  # fmt: skip
-    return compile_mixture(spec, tmp_path / "out", catalog=catalog, workers=1, base_dir=tmp_path)
+    out = tmp_path / ("out_eval" if held_out else "out")
+    return compile_mixture(spec, out, catalog=catalog, workers=1, base_dir=tmp_path, offline=True)
 
 
 def _senti(labels, texts=None) -> pa.Table:
@@ -45,14 +48,13 @@ def _senti(labels, texts=None) -> pa.Table:
 GOOD_TEST = _senti([0, 1, 0, 1])
 
 
-@pytest.mark.parametrize("split", ["train", "test"])
-def test_a_label_below_minus_one_is_an_error_naming_the_row(tmp_path, catalog, split):
+@pytest.mark.parametrize("held_out", [False, True])
+def test_a_label_below_minus_one_is_an_error_naming_the_row(tmp_path, catalog, held_out):
     # -2 indexed answer_choices from the end: a wrong gold answer, silently
     bad = _senti([0, 1, -2, 1])
-    files = {"train.parquet": bad, "test.parquet": GOOD_TEST}
-    files[f"{split}.parquet"] = bad
-    with pytest.raises(CompileError, match=r"row 2 of local:.*: label: label -2 is out of range"):
-        _compile(tmp_path, catalog, files)
+    split = "test" if held_out else "train"
+    with pytest.raises(CompileError, match=rf"{split} row 2 of local:.*: label -2 is out of range"):
+        _compile(tmp_path, catalog, {f"{split}.parquet": bad}, held_out)
 
 
 def test_an_unlabeled_row_is_still_skipped_and_counted(tmp_path, catalog):
@@ -62,3 +64,31 @@ def test_an_unlabeled_row_is_still_skipped_and_counted(tmp_path, catalog):
     rows = list(Mixture.open(tmp_path / "out").iter_rows("train", ["source_index"]))
     assert {r["source_index"] for r in rows} == {0, 1}
     assert "unlabeled" in str(manifest["tasks"]["train:senti"])
+
+
+def test_a_null_text_is_skipped_with_its_reason_never_rendered_as_none(tmp_path, catalog):
+    texts = ["review 0: dull.", None, "review 2: dull.", "review 3: great."]
+    table = _senti([0, 1, 0, 1], texts)
+    train = _compile(tmp_path, catalog, {"train.parquet": table})
+    held = _compile(tmp_path, catalog, {"test.parquet": table}, held_out=True)
+    for out, split in (("out", "train"), ("out_eval", "eval")):
+        rows = Mixture.open(tmp_path / out).iter_rows(split, ["inputs", "targets", "source_index"])
+        rows = [r for r in rows if r["source_index"] is not None]
+        assert rows and all("None" not in r["inputs"] + r["targets"] for r in rows), rows
+        assert 1 not in {r["source_index"] for r in rows}
+    assert train["redrawn"]["train"]["senti"] > 0  # train draws of row 1 went to other rows
+    assert "null text" in held["dropped"]["eval"]
+
+
+def test_a_field_the_template_tests_itself_may_be_null():
+    from flanmix.render import Rendered, compile_template
+    from flanmix.schema import Template
+
+    guarded = Template(
+        id="t",
+        input="{% if title %}{{ title }}: {% endif %}{{ text }}",
+        target="{{ note | default('none') }}",
+    )
+    ct = compile_template("toy", guarded)
+    assert ct.render({"title": None, "text": "body", "note": "n"}) == Rendered("body", "n", None)
+    assert ct.render({"title": "T", "text": None, "note": "n"}).reason == "null text"
