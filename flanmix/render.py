@@ -204,6 +204,8 @@ def null_skipped_names(source: str) -> tuple[str, ...]:
     guarded: set[str] = set()
 
     def names(node) -> set[str]:
+        if node is None:  # {% filter default %}: no expression
+            return set()
         found = {n.name for n in node.find_all(nodes.Name) if n.ctx == "load"}
         if isinstance(node, nodes.Name) and node.ctx == "load":
             found.add(node.name)

@@ -4,13 +4,15 @@ wrong gold answer or the text "None" in a rendered row."""
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from flanmix.catalog import load_catalog
 from flanmix.compile import compile_mixture
-from flanmix.errors import CompileError
+from flanmix.errors import CompileError, PreflightError
 from flanmix.mixture import Mixture
 
 from .test_mix import FIXTURE, make_spec
@@ -92,3 +94,45 @@ def test_a_field_the_template_tests_itself_may_be_null():
     ct = compile_template("toy", guarded)
     assert ct.render({"title": None, "text": "body", "note": "n"}) == Rendered("body", "n", None)
     assert ct.render({"title": "T", "text": None, "note": "n"}).reason == "null text"
+
+
+JSONL = b"".join(b'{"text": "review %d: dull.", "label": 0}\n' % i for i in range(10))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        # a wrong column name blamed the template ("'text' is undefined")
+        ("train.jsonl", JSONL.replace(b'"text"', b'"txt"'),
+         r"field 'text' is not in the real features \(the types read from .*train.jsonl\).*"
+         r"did you mean 'txt'"),
+        # a mapping rendered as "{'t': 'x'}"
+        ("train.jsonl", b'{"text": {"t": "x"}, "label": 0}\n', r"text: declared string, real struct"),
+        # a text label: "'list object' has no attribute 'positive'"
+        ("train.csv", b"text,label\ngreat,positive\n", r"label: declared class_label, real string"),
+        # bytes rendered as "b'\\xff\\xfe bad'"
+        ("train.parquet", pa.table({"text": pa.array([b"\xff\xfe bad"]), "label": [0]}),
+         r"text: declared string, real binary"),
+        # parse errors said only "An error occurred while generating the dataset"
+        ("train.jsonl", JSONL + b'{"text": "x", "label": \n',
+         r"cannot load .*train.jsonl: ArrowInvalid: JSON parse error: .* in row 10"),
+        ("train.csv", b"text,label\na,0\nb,1,2,3\n",
+         r"cannot load .*train.csv: ParserError: .*Expected 2 fields in line 3, saw 4"),
+        ("train.csv", b"text,label\n\xff\xfe,0\n", r"cannot load .*train.csv: UnicodeDecodeError"),
+        ("train.jsonl", b"", r"cannot load .*train.jsonl: the file has no rows"),
+    ],
+)  # fmt: skip
+def test_the_preflight_names_the_file_and_what_is_wrong_in_it(
+    tmp_path, catalog, name, content, expected
+):
+    with pytest.raises(PreflightError) as info:
+        _compile(tmp_path, catalog, {name: content})
+    text = str(info.value)
+    assert re.search(expected, text, re.S), text
+    assert "DatasetGenerationError" not in text and "StopIteration" not in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_good_jsonl_source_passes_the_preflight(tmp_path, catalog):
+    manifest = _compile(tmp_path, catalog, {"train.jsonl": JSONL})
+    assert manifest["splits"]["train"]["rows"] > 0
