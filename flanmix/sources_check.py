@@ -260,7 +260,12 @@ class _Probe:
                 check="fields",
             )
             return
-        self.compare(ds.features, f"the types read from {names}")
+        features = dict(ds.features)
+        for name in features:  # a CSV column of empty cells reads as float: say it is empty
+            column = ds.data.column(name)
+            if len(column) and column.null_count == len(column):
+                features[name] = _ArrowKind("null")
+        self.compare(features, f"the types read from {names}")
 
     # -- hub repositories (or folders shaped like them)
 

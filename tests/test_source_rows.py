@@ -12,7 +12,7 @@ import pytest
 
 from flanmix.catalog import load_catalog
 from flanmix.compile import compile_mixture
-from flanmix.errors import CompileError, PreflightError
+from flanmix.errors import CompileError, FlanmixError, PreflightError
 from flanmix.mixture import Mixture
 
 from .test_mix import FIXTURE, make_spec
@@ -27,7 +27,7 @@ def _compile(tmp_path, catalog, files: dict[str, bytes | pa.Table], held_out=Fal
     """Compile senti from a folder holding ``files``: its train file, or (``held_out``) its test
     file as eval rows beside another task's samples."""
     folder = tmp_path / "src"
-    folder.mkdir(exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         if isinstance(content, pa.Table):
             pq.write_table(content, folder / name)
@@ -136,3 +136,15 @@ def test_the_preflight_names_the_file_and_what_is_wrong_in_it(
 def test_a_good_jsonl_source_passes_the_preflight(tmp_path, catalog):
     manifest = _compile(tmp_path, catalog, {"train.jsonl": JSONL})
     assert manifest["splits"]["train"]["rows"] > 0
+
+
+def test_empty_csv_cells_are_nulls_never_the_text_none(tmp_path, catalog):
+    csv = b"text,label\nreview 0: dull.,0\n,1\nreview 2: great.,1\n"
+    manifest = _compile(tmp_path, catalog, {"train.csv": csv})
+    rows = list(Mixture.open(tmp_path / "out").iter_rows("train", ["inputs", "source_index"]))
+    assert rows and all("None" not in r["inputs"] and "nan" not in r["inputs"] for r in rows)
+    assert 1 not in {r["source_index"] for r in rows}
+    assert manifest["redrawn"]["train"]["senti"] > 0
+    # a column of empty cells (read as float by pandas) is null, not a type error: every row skips
+    with pytest.raises(FlanmixError, match=r"(?s)every training row was skipped.*null text"):
+        _compile(tmp_path / "all", catalog, {"train.csv": b"text,label\n,0\n,1\n"})
