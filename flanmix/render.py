@@ -27,7 +27,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from . import budget
 from .budget import BudgetSandbox, regex_sub, timed
-from .errors import Location, SandboxError, TemplateError
+from .errors import Location, SandboxError, SourceError, TemplateError
 from .schema import Task, Template
 
 ANSWER_CHOICES = "answer_choices"
@@ -188,6 +188,37 @@ def undeclared_variables(source: str) -> set[str]:
     return set(referenced_names(source) - RESERVED_NAMES)
 
 
+@functools.lru_cache(maxsize=8192)
+def null_skipped_names(source: str) -> tuple[str, ...]:
+    """Row fields a template (or ``{{ expression }}``) reads whose null value skips the row.
+
+    A null would print as "None" (``{{ x }}``, ``x | trim``, ``x ~ '.'``): the row is skipped,
+    counted with its reason. Fields the template tests for itself are left to it: in an
+    ``{% if %}`` test, an ``is`` test (``x is none``, ``x is defined``) or under ``default``."""
+    from jinja2 import nodes
+
+    try:
+        tree = ENV.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return ()
+    guarded: set[str] = set()
+
+    def names(node) -> set[str]:
+        if node is None:  # {% filter default %}: no expression
+            return set()
+        found = {n.name for n in node.find_all(nodes.Name) if n.ctx == "load"}
+        if isinstance(node, nodes.Name) and node.ctx == "load":
+            found.add(node.name)
+        return found
+
+    for node in tree.find_all((nodes.If, nodes.Test, nodes.Filter)):
+        if isinstance(node, nodes.If):
+            guarded |= names(node.test)
+        elif isinstance(node, nodes.Test) or node.name in ("default", "d"):
+            guarded |= names(node.node)
+    return tuple(sorted(undeclared_variables(source) - guarded))
+
+
 # ----------------------------------------------------------------------------- compiled templates
 
 
@@ -226,6 +257,13 @@ class CompiledTemplate:
 
     def __post_init__(self) -> None:
         self.full_id = f"{self.task}.{self.template.id}"
+        t = self.template
+        choices = t.answer_choices
+        sources = [t.input, t.target]
+        sources += choices if isinstance(choices, list) else []
+        sources += ["{{ " + choices + " }}"] if isinstance(choices, str) else []
+        #: fields whose null skips the row instead of printing "None" (:func:`null_skipped_names`)
+        self._nullable = tuple(sorted({n for src in sources for n in null_skipped_names(src)}))
         self._static_list = list(self._static_choices) if self._static_choices is not None else None
         # plain parts (text and simple outputs) render without Jinja: see plain_renderer
         self._plain = (plain_renderer(self.template.input), plain_renderer(self.template.target))
@@ -272,6 +310,9 @@ class CompiledTemplate:
     @timed
     def render(self, row: Mapping[str, Any], seed: int = 0) -> Rendered | Skip:
         """Render one row. Raises :class:`TemplateError` on a template bug; returns Skip for bad rows."""
+        for name in self._nullable:
+            if row.get(name, _MISSING) is None:
+                return Skip(f"null {name}")
         token = None
         context = None
         part = ANSWER_CHOICES
@@ -670,7 +711,9 @@ class RowPreparer:
     def __init__(self, task: Task, location: Location | None = None):
         self.task = task
         self._rename = task.source.rename
-        self._labels = [name for name, spec in task.fields.items() if spec.type == "class_label"]
+        self._labels = [
+            (name, spec) for name, spec in task.fields.items() if spec.type == "class_label"
+        ]
         self._filters = []
         loc = (location or Location()).with_(task=task.id)
         for i, flt in enumerate(task.source.filters):
@@ -689,10 +732,22 @@ class RowPreparer:
             row = {self._rename.get(k, k): v for k, v in row.items()}
         elif not isinstance(row, dict):
             row = dict(row)
-        for name in self._labels:
+        for name, spec in self._labels:
             value = row.get(name)
             if value is None or value == -1:
                 return Skip(f"unlabeled ({name} is {value})")
+            if type(value) is not int or not 0 <= value < len(spec.names):
+                # -2 would index answer_choices from the end: a wrong gold answer, not an error
+                n = len(spec.names or [])
+                raise SourceError(
+                    f"{name}: label {value} is out of range for {n} names (-1 means unlabeled)"
+                    if type(value) is int
+                    else f"{name}: expected a class label id (int), got "
+                    f"{type(value).__name__} {value!r:.60}",
+                    location=self._loc.with_(field=f"fields.{name}"),
+                    hint="class labels are 0..n-1 in the order of 'names'; -1 or null marks an "
+                    "unlabeled row (skipped and counted)",
+                )
         return self._filter(row) if self._filters else row
 
     @timed  # filters are the task file's Jinja: under the render budget

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from .errors import CompileError, Location, TemplateError
+from .errors import CompileError, Location, SourceError, TemplateError
 from .mixture import SCHEMA
 from .plan import TaskPlan, Unit, seeded_rng
 from .render import (
@@ -182,8 +182,11 @@ class UnitRenderer:
         self._fallback = stats["fewshot_fallback"]
         kept, dropped = stats["kept"], stats["dropped"]
         prepared: list[Any] = []
-        for raw in raw_rows:
-            prepared.append(prepare(raw))
+        for k, raw in enumerate(raw_rows):
+            try:
+                prepared.append(prepare(raw))
+            except SourceError as exc:
+                raise self._bad_row(exc, tp.handle, unit.task, int(uniq[k])) from exc
         if unit.split == "eval":
             cols = sorted_table(
                 self._render_eval(unit, tp, task, compiled, prepared, inverse, src, kept, dropped)
@@ -193,6 +196,14 @@ class UnitRenderer:
                 unit, tp, task, compiled, prepared, uniq, inverse, src, repeats, kept, stats
             )
         return cols, stats
+
+    def _bad_row(self, exc: SourceError, handle, task: str, index: int) -> CompileError:
+        """A source row whose value does not fit its declared field (a label below -1)."""
+        return CompileError(
+            f"{handle.split} row {index} of {handle.description}: {exc.message}",
+            location=exc.location.with_(file=self.ctx.task_files.get(task), task=task, row=index),
+            hint=exc.hint,
+        )
 
     def _fail(self, exc: TemplateError, task: str, split: str, index: int) -> CompileError:
         loc = exc.location.with_(task=task, row=index)
@@ -608,7 +619,13 @@ class UnitRenderer:
             with contextlib.closing(SourceReader(tp.shots, self._spills)) as reader:
                 raw = reader.read(idx)
             prepare = self._prepare[task]
-            self._shot_rows[task] = [(int(i), prepare(r)) for i, r in zip(idx, raw, strict=True)]
+            rows = []
+            for i, r in zip(idx.tolist(), raw, strict=True):
+                try:
+                    rows.append((i, prepare(r)))
+                except SourceError as exc:
+                    raise self._bad_row(exc, tp.shots, task, i) from exc
+            self._shot_rows[task] = rows
         pool = []
         for i, row in self._shot_rows[task]:
             if isinstance(row, Skip):

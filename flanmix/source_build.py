@@ -154,13 +154,22 @@ def _story_cloze(release: Release) -> dict[str, Rows]:
                     f"got {len(row)}",
                     location=Location(task=release.task),
                 )
+            # the templates index the endings by answer - 1: a 0 would pick ending 2
+            answer = int(row[7]) if row[7].strip() in ("1", "2") else None
+            if answer is None:
+                raise SourceError(
+                    f"{where} line {reader.line_num}: AnswerRightEnding is {row[7]!r}, "
+                    "expected 1 or 2",
+                    location=Location(task=release.task),
+                    hint="the Story Cloze Test 2016 CSVs number the right ending 1 or 2",
+                )
             rows.append(
                 {
                     "story_id": row[0],
                     **{f"input_sentence_{i}": row[i] for i in range(1, 5)},
                     "sentence_quiz1": row[5],
                     "sentence_quiz2": row[6],
-                    "answer_right_ending": int(row[7]),
+                    "answer_right_ending": answer,
                 }
             )
         return rows

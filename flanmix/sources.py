@@ -305,8 +305,25 @@ def _open_files(task: Task, split: str, fmt: str, paths: list[Path], loc: Locati
     try:
         ds = datasets.load_dataset(fmt, data_files={split: [str(p) for p in paths]}, split=split)
     except Exception as exc:  # noqa: BLE001
-        raise SourceError(f"cannot load {what}: {type(exc).__name__}: {exc}", location=loc) from exc
+        raise SourceError(f"cannot load {what}: {load_failure(exc)}", location=loc) from exc
     return _arrow_handle(ds, task, split, what)
+
+
+def load_failure(exc: BaseException) -> str:
+    """One line saying why ``datasets`` could not load a JSON or CSV file: the error under its
+    "DatasetGenerationError: An error occurred while generating the dataset" (a JSON parse error
+    with its row, a CSV line with its cell count, a byte that is not UTF-8), not the wrapper."""
+    if isinstance(exc, StopIteration):  # what datasets raises for a file of no rows
+        return "the file has no rows (it is empty)"
+    real, chain = exc, exc
+    for _ in range(8):
+        chain = chain.__cause__ or chain.__context__
+        if chain is None:
+            break
+        if type(exc).__name__ == "DatasetGenerationError" and real is exc and str(chain).strip():
+            real = chain
+    text = " ".join(str(real).split())[:300]
+    return f"{type(real).__name__}: {text}" if text else type(real).__name__
 
 
 # ----------------------------------------------------------------------------- reading (in workers)

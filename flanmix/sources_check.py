@@ -225,10 +225,47 @@ class _Probe:
                 )
                 continue
             self.check(f"split {role}", "ok", f"{split}: {', '.join(p.name for p in paths)}")
-            if fmt_of(paths[0]) == "parquet":
+            kind = fmt_of(paths[0])
+            if kind == "parquet":
                 self.features_from_file(str(paths[0]), "the Parquet schema")
+            elif kind in ("json", "csv"):
+                self.features_from_loaded(kind, split, paths, where, role)
             else:
                 self.check("fields", "skip", f"types not checked ({paths[0].suffix} files)")
+
+    def features_from_loaded(
+        self, fmt: str, split: str, paths: list[Path], where: tuple, role: str
+    ) -> None:
+        """JSON Lines and CSV files carry no schema: load them as compile will (the same
+        ``datasets.load_dataset`` call, whose cache compile then reads) and check the types it
+        inferred, so a missing column or a wrong type is found here, naming the file."""
+        import datasets
+
+        from .sources import load_failure
+
+        names = ", ".join(_rel(str(p)) for p in paths)
+        try:
+            ds = datasets.load_dataset(
+                fmt, data_files={split: [str(p) for p in paths]}, split=split
+            )
+        except Exception as exc:  # noqa: BLE001 - the file's own problem, said in one line
+            self.problem(
+                "data",
+                f"cannot load {names}: {load_failure(exc)}",
+                "fix the file: UTF-8, one JSON object per line"
+                if fmt == "json"
+                else "fix the file: UTF-8, a header row, then as many cells on every line",
+                where,
+                role,
+                check="fields",
+            )
+            return
+        features = dict(ds.features)
+        for name in features:  # a CSV column of empty cells reads as float: say it is empty
+            column = ds.data.column(name)
+            if len(column) and column.null_count == len(column):
+                features[name] = _ArrowKind("null")
+        self.compare(features, f"the types read from {names}")
 
     # -- hub repositories (or folders shaped like them)
 
@@ -529,6 +566,8 @@ def _arrow_kind(t) -> Any:
         return "bool"
     if pt.is_null(t):
         return "null"
+    if pt.is_binary(t) or pt.is_large_binary(t) or pt.is_fixed_size_binary(t):
+        return "binary"  # bytes: never text (they would render as "b'...'")
     if pt.is_list(t) or pt.is_large_list(t) or pt.is_fixed_size_list(t) or pt.is_list_view(t):
         return ("list", _arrow_kind(t.value_type))
     if pt.is_struct(t):
@@ -569,6 +608,8 @@ def _kind(feature) -> Any:
             return "bool"
         if d == "null":
             return "null"
+        if d in ("binary", "large_binary"):
+            return "binary"
         return ("other", d)
     return ("other", type(feature).__name__)
 
@@ -692,7 +733,7 @@ def check_task(
     source's own problems, which land in the report."""
     probe = _Probe(tf, roles, root, state or HubProbeState())
     task = tf.task
-    fmt = {".parquet": "parquet"}
+    fmt = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
     if folder is not None:
         probe.report.source = f"folder:{folder}"
         probe.local_files(_folder_files(task, folder), lambda p: fmt.get(p.suffix), ("id",))
@@ -705,7 +746,7 @@ def check_task(
         given = Path(task.source.niv2.file)
         path = given if given.is_absolute() else tf.path.parent / given
         splits = {base_split(s) for s in (task.source.splits.train, task.source.splits.eval) if s}
-        probe.local_files({s: [path] for s in splits}, lambda p: "json", ("source", "niv2", "file"))
+        probe.local_files({s: [path] for s in splits}, lambda p: "niv2", ("source", "niv2", "file"))
     else:
         probe.hub()
     return probe.report

@@ -201,6 +201,19 @@ def test_a_bad_row_writes_nothing(tmp_path):
     assert not out.exists() or not list(out.iterdir())
 
 
+@pytest.mark.parametrize("answer", ["0", "3", "-1", ""])
+def test_story_cloze_answer_must_be_1_or_2(tmp_path, answer):
+    # the templates index the endings by answer - 1: a 0 read as ending 2
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "story_cloze", src)
+    val = src / "cloze_test_val__spring2016 - cloze_test_ALL_val.csv"
+    lines = val.read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0] + "," + answer
+    val.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceError, match=r"ALL_val.csv line 3: AnswerRightEnding is .*1 or 2"):
+        build(_task("story_cloze"), src, tmp_path / "out")
+
+
 def test_existing_outputs_need_overwrite(tmp_path):
     task = _task("para_crawl_enes")
     out = tmp_path / "out"
