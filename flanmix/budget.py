@@ -29,15 +29,17 @@ import functools
 import os
 import re
 import string
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
 import jinja2
-from jinja2.exceptions import SecurityError
+import jinja2.lexer
+from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -330,6 +332,39 @@ class StrictUndefined(jinja2.StrictUndefined):
     __repr__ = jinja2.StrictUndefined._fail_with_undefined_error  # type: ignore[assignment]
 
 
+def _checked_literals(
+    stream: Iterator[tuple[int, str, str]], name: str | None, filename: str | None
+) -> Iterator[tuple[int, str, str]]:
+    """Refuse an integer literal Python cannot convert (over ``sys.get_int_max_str_digits()``
+    decimal digits) as a syntax error at its line: Jinja's lexer would raise a bare ValueError,
+    which no caller expects from parsing (a traceback in lint, an unlocated error in compile)."""
+    limit = sys.get_int_max_str_digits()
+    for lineno, token, value in stream:
+        if token == jinja2.lexer.TOKEN_INTEGER and limit:
+            digits = len(value.replace("_", ""))
+            if digits > limit and not value[1:2].isalpha():  # 0x/0o/0b have no such limit
+                raise TemplateSyntaxError(
+                    f"an integer literal of {digits:,} digits is too long (Python reads at most "
+                    f"{limit:,})",
+                    lineno,
+                    name,
+                    filename,
+                )
+        yield lineno, token, value
+
+
+class BudgetLexer(jinja2.lexer.Lexer):
+    """Jinja's lexer with :func:`_checked_literals` in front of its token conversion."""
+
+    def wrap(
+        self,
+        stream: Iterable[tuple[int, str, str]],
+        name: str | None = None,
+        filename: str | None = None,
+    ) -> Iterator[jinja2.lexer.Token]:
+        return super().wrap(_checked_literals(iter(stream), name, filename), name, filename)
+
+
 class BudgetSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox plus the render budget (see the module doc)."""
 
@@ -354,6 +389,14 @@ class BudgetSandbox(ImmutableSandboxedEnvironment):
             self.filters[name] = _checked_filter(name, check)
         self.concat = checked_join  # type: ignore[assignment]
         self.finalize = check_printed_size  # {{ a_list }} prints its repr: sized first
+
+    @property
+    def lexer(self) -> jinja2.lexer.Lexer:
+        """A :class:`BudgetLexer`, made once (the delimiters are fixed after construction)."""
+        lexer = self.__dict__.get("_budget_lexer")
+        if lexer is None:
+            lexer = self.__dict__["_budget_lexer"] = BudgetLexer(self)
+        return lexer
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         return checked_binop(operator, left, right)
