@@ -131,7 +131,7 @@ def check_brace_format(fmt: str) -> None:
 
 
 def _size(value: Any) -> int:
-    return len(value) if isinstance(value, (str, bytes, list, tuple)) else 0
+    return len(value) if isinstance(value, (str, bytes, bytearray, list, tuple)) else 0
 
 
 def checked_binop(operator: str, left: Any, right: Any) -> Any:
@@ -273,6 +273,17 @@ class BudgetTemplate(jinja2.Template):
         return super()._from_namespace(environment, namespace, globals)
 
 
+#: Filters whose check needs the items themselves: an iterator (``select``, ``reject``...) is
+#: listed first, so that it is sized before the filter joins it in one C call.
+_MATERIALISED = frozenset({"join"})
+
+
+def _materialised(value: Any) -> Any:
+    if isinstance(value, (str, list, tuple)) or not isinstance(value, Iterable):
+        return value
+    return list(value)
+
+
 def _checked_filter(name: str, check: Callable[..., None]) -> Callable[..., Any]:
     original = jinja2.filters.FILTERS[name]
 
@@ -280,6 +291,8 @@ def _checked_filter(name: str, check: Callable[..., None]) -> Callable[..., Any]
 
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if name in _MATERIALISED and len(args) > skip:
+            args = (*args[:skip], _materialised(args[skip]), *args[skip + 1 :])
         check(*args[skip:], **kwargs)
         return original(*args, **kwargs)
 
@@ -307,12 +320,98 @@ def _check_replace(value: Any = "", old: Any = "", new: Any = "", *_a: Any, **_k
 
 
 def _check_join(value: Any = (), d: Any = "", *_a: Any, **_k: Any) -> None:
-    if isinstance(value, (list, tuple)) and len(value) > 1:
+    if isinstance(value, str):  # joins its characters: one separator per character
+        _check_size("join", len(value) * (len(str(d)) + 1))
+    elif isinstance(value, (list, tuple)) and len(value) > 1:
         try:
             size = sum(map(len, value)) + len(d) * len(value)
         except TypeError:  # not all strings: str() of each is what join makes
             size = sum(len(str(x)) for x in value) + len(str(d)) * len(value)
         _check_size("join", size)
+
+
+def _check_wordwrap(
+    s: Any = "", width: Any = 79, _break: Any = True, wrapstring: Any = None, *_a: Any, **k: Any
+) -> None:
+    """Every wrapped line gets a ``wrapstring``: at most one line per ``width`` characters and
+    one per paragraph, counted before the lines are joined (in one C call)."""
+    wrapstring = k.get("wrapstring", wrapstring)
+    width = k.get("width", width)
+    if wrapstring is None or not isinstance(s, str) or not isinstance(width, int):
+        return
+    lines = len(s) // max(width, 1) + s.count("\n") + 1
+    _check_size("wordwrap", len(s) + lines * len(str(wrapstring)))
+
+
+def _check_batch(value: Any = (), linecount: Any = 1, *_a: Any, **k: Any) -> None:
+    """``batch(n, fill)`` pads the last batch to n items in one C call."""
+    linecount = k.get("linecount", linecount)
+    if isinstance(linecount, int) and linecount > MAX_ITEMS:
+        raise SecurityError(f"batches of {linecount:,} items are too large")
+
+
+def _check_slice(value: Any = (), slices: Any = 1, *_a: Any, **k: Any) -> None:
+    slices = k.get("slices", slices)
+    if isinstance(slices, int) and slices > MAX_ITEMS:
+        raise SecurityError(f"{slices:,} slices are too many")
+
+
+@jinja2.pass_environment
+def checked_sum(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
+    """Jinja's ``sum`` filter, adding one item at a time.
+
+    Python's ``sum`` of lists copies the growing total once per item inside one C call:
+    ``([[1] * 100] * 99999) | sum(start=[])`` runs for hours, and neither the watchdog's
+    asynchronous exception nor a signal handler can run until it returns. Here lists are
+    extended in place (linear) and every addition is a :func:`checked_binop`, size-checked and
+    interruptible between items.
+    """
+    if isinstance(start, str):
+        raise TypeError("sum() can't sum strings [use join instead]")  # as Python's sum
+    if attribute is not None:
+        from jinja2.filters import make_attrgetter
+
+        iterable = map(make_attrgetter(environment, attribute), iterable)
+    total, owned = start, False
+    for item in iterable:
+        if owned and type(item) is list:  # our own copy: extend it, do not copy it again
+            if len(total) + len(item) > MAX_ITEMS:
+                raise SecurityError(f"a sum of lists of over {MAX_ITEMS:,} items is too large")
+            total.extend(item)
+            continue
+        total = checked_binop("+", total, item)
+        owned = type(total) is list  # a new list: '+' never returns one of its operands
+    return total
+
+
+#: ``map`` may make new strings and lists worth this many times the render size budget: a template
+#: can list the same big string a thousand times (``[x] * 1000`` is cheap), and
+#: ``map('upper') | list`` would then build a thousand copies, a gigabyte within the time budget.
+MAP_SIZE_FACTOR = 10
+
+
+def _checked_map(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def checked(context: Any, value: Any, *args: Any, **kwargs: Any) -> Any:
+        results = original(context, value, *args, **kwargs)
+        if not args:  # map(attribute=...) returns items the template already holds
+            return results
+        return _sized_items(results, "map", LIMITS.chars * MAP_SIZE_FACTOR)
+
+    return checked
+
+
+def _sized_items(items: Iterable[Any], what: str, limit: int) -> Iterator[Any]:
+    """``items``, refused once the strings and lists among them add up to over ``limit``."""
+    total = 0
+    for item in items:
+        total += _size(item)
+        if total > limit:
+            raise SecurityError(
+                f"{what} would make {total:,} characters or items; the budget is {limit:,} "
+                f"({MAP_SIZE_FACTOR} x FLANMIX_RENDER_CHARS)"
+            )
+        yield item
 
 
 def lipsum(n: int = 5, html: bool = False, min: int = 20, max: int = 100) -> str:  # noqa: A002
@@ -382,11 +481,16 @@ class BudgetSandbox(ImmutableSandboxedEnvironment):
             ("format", _check_format),
             ("replace", _check_replace),
             ("join", _check_join),
+            ("wordwrap", _check_wordwrap),
+            ("batch", _check_batch),
+            ("slice", _check_slice),
             ("string", check_printed_size),
             ("tojson", check_printed_size),
             ("pprint", check_printed_size),
         ):
             self.filters[name] = _checked_filter(name, check)
+        self.filters["sum"] = checked_sum
+        self.filters["map"] = _checked_map(jinja2.filters.FILTERS["map"])
         self.concat = checked_join  # type: ignore[assignment]
         self.finalize = check_printed_size  # {{ a_list }} prints its repr: sized first
 
