@@ -32,7 +32,7 @@ import string
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -99,6 +99,7 @@ def _check_size(what: str, size: int) -> None:
 
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
 _NUMBER = re.compile(r"\d+")
+_PERCENT_KEY = re.compile(r"%\(([^)]*)\)")
 
 
 def check_percent_format(fmt: str) -> None:
@@ -127,11 +128,91 @@ def check_brace_format(fmt: str) -> None:
                 raise _too_big(f"the format spec {spec!r}", int(n))
 
 
+def printed_size(value: Any, limit: int | None = None) -> int:
+    """About how many characters ``str(value)`` makes, counted without making it (and without
+    counting further once past ``limit``, the render budget by default)."""
+    limit = LIMITS.chars if limit is None else limit
+    size, stack = 0, [value]
+    while stack and size <= limit:
+        item = stack.pop()
+        if isinstance(item, (str, bytes, bytearray)):
+            size += len(item) + 4  # quotes, comma, space
+        elif isinstance(item, dict):
+            size += 2
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            size += 2
+            stack.extend(item)
+        else:
+            size += 8
+    return size
+
+
+def _piece_size(value: Any) -> int:
+    return len(value) if isinstance(value, str) else printed_size(value)
+
+
+def check_percent_args(fmt: str, args: Any) -> None:
+    """Refuse ``fmt % args`` when its pieces add up past the budget before it is built: one
+    ``%(a)s`` repeated 300,000 times prints ``a`` 300,000 times, in one C call."""
+    named = isinstance(args, Mapping)
+    items = args if isinstance(args, tuple) else (args,)
+    sizes = [_piece_size(a) for a in items] if not named else []
+    size, index = len(fmt), 0
+    for m in _PERCENT_SPEC.finditer(fmt):
+        if m.group(0).endswith("%"):  # '%%' prints one '%'
+            continue
+        width = max((int(p) for p in m.groups() if p and p.isdigit()), default=0)
+        key = _PERCENT_KEY.match(m.group(0))
+        if named and key:
+            piece = _piece_size(args.get(key.group(1), ""))
+        elif index < len(sizes):
+            piece, index = sizes[index], index + 1
+        else:
+            piece = 0  # Python raises: not enough arguments
+        size += max(width, piece)
+        if size > LIMITS.chars:
+            raise _too_big("formatting", size)
+
+
+_FIELD_HEAD = re.compile(r"[^.\[]*")
+
+
+def check_brace_args(fmt: str, args: tuple, kwargs: Mapping[str, Any]) -> None:
+    """Refuse ``fmt.format(*args, **kwargs)`` when its fields add up past the budget before it
+    is built (``('{0}' * 300000).format(x)`` prints ``x`` 300,000 times). A field that reaches
+    into an argument (``{0.a}``, ``{0[1]}``) counts as the whole argument."""
+    try:
+        parsed = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return  # str.format itself will raise the error
+    size, auto = len(fmt), 0
+    for _literal, field, spec, _conv in parsed:
+        if field is None:
+            continue
+        head = _FIELD_HEAD.match(field).group(0)  # type: ignore[union-attr] - always matches
+        if not head:
+            head, auto = str(auto), auto + 1
+        if head.isdigit():
+            value = args[int(head)] if int(head) < len(args) else ""
+        else:
+            value = kwargs.get(head, "")
+        width = max(map(int, _NUMBER.findall(spec or "")), default=0)
+        size += max(width, _piece_size(value))
+        if size > LIMITS.chars:
+            raise _too_big("str.format", size)
+
+
 # ----------------------------------------------------------------------------- checked operations
 
 
 def _size(value: Any) -> int:
     return len(value) if isinstance(value, (str, bytes, bytearray, list, tuple)) else 0
+
+
+#: Strings and, should a row hold them, bytes: sized alike (templates cannot make bytes).
+_TEXT = (str, bytes, bytearray)
 
 
 def checked_binop(operator: str, left: Any, right: Any) -> Any:
@@ -143,21 +224,23 @@ def checked_binop(operator: str, left: Any, right: Any) -> Any:
         return left**right
     if operator == "*":
         for seq, n in ((left, right), (right, left)):
-            if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
-                if isinstance(seq, str):
+            if isinstance(seq, (*_TEXT, list, tuple)) and isinstance(n, int):
+                if isinstance(seq, _TEXT):
                     _check_size("repeating a string", len(seq) * max(n, 0))
                 elif len(seq) * max(n, 0) > MAX_ITEMS:
                     raise SecurityError(f"a list of {len(seq) * n:,} items is too large")
         return left * right
     if operator == "%":
-        if isinstance(left, str):
-            check_percent_format(left)
+        if isinstance(left, _TEXT):
+            fmt = left if isinstance(left, str) else left.decode("latin-1")
+            check_percent_format(fmt)
+            check_percent_args(fmt, right)
             result = left % right
             _check_size("formatting", len(result))
             return result
         return left % right
     if operator == "+":
-        if isinstance(left, str) and isinstance(right, str):
+        if isinstance(left, _TEXT) and isinstance(right, _TEXT):
             _check_size("joining strings", len(left) + len(right))
         elif (
             isinstance(left, (list, tuple))
@@ -181,8 +264,12 @@ def check_call(obj: Any, args: tuple, kwargs: dict) -> None:
     if name in _PADDING and args and isinstance(args[0], int):
         _check_size(f"str.{name}({args[0]})", args[0])
     elif name == "expandtabs":
-        size = args[0] if args and isinstance(args[0], int) else 8
-        _check_size("str.expandtabs", len(self) * max(size, 1))
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        if isinstance(size, int):
+            _check_size("str.expandtabs", len(self) * max(size, 1))
+    elif name == "translate" and args and isinstance(args[0], dict):
+        longest = max((len(v) for v in args[0].values() if isinstance(v, str)), default=1)
+        _check_size("str.translate", len(self) * max(longest, 1))
     elif name == "replace" and len(args) >= 2:
         old, new = args[0], args[1]
         if isinstance(old, str) and isinstance(new, str) and len(new) > len(old):
@@ -190,7 +277,9 @@ def check_call(obj: Any, args: tuple, kwargs: dict) -> None:
             _check_size("str.replace", len(self) + hits * (len(new) - len(old)))
     elif name == "join" and args:
         items = args[0]
-        if isinstance(items, (list, tuple)):
+        if isinstance(items, str):  # its characters, a separator between each two
+            _check_size("str.join", len(items) * (len(self) + 1))
+        elif isinstance(items, (list, tuple)):
             _check_size(
                 "str.join",
                 sum(len(x) for x in items if isinstance(x, str)) + len(self) * len(items),
@@ -238,22 +327,9 @@ def check_printed_size(value: Any, *_args: Any, **_kwargs: Any) -> Any:
         return value
     if not isinstance(value, (list, tuple, dict, set, frozenset)):
         return value
-    size, stack = 0, [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            size += len(item) + 4  # quotes, comma, space
-        elif isinstance(item, dict):
-            size += 2
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            size += 2
-            stack.extend(item)
-        else:
-            size += 8
-        if size > LIMITS.chars:
-            raise _too_big("printing a list", size)
+    size = printed_size(value)
+    if size > LIMITS.chars:
+        raise _too_big("printing a list", size)
     return value
 
 
@@ -310,9 +386,10 @@ def _check_indent(value: Any = "", width: Any = 4, *_a: Any, **_k: Any) -> None:
     _check_size("indent", len(text) + (text.count("\n") + 1) * max(pad, 0))
 
 
-def _check_format(value: Any = "", *_a: Any, **_k: Any) -> None:
+def _check_format(value: Any = "", *args: Any, **kwargs: Any) -> None:
     if isinstance(value, str):
         check_percent_format(value)
+        check_percent_args(value, kwargs or args)
 
 
 def _check_replace(value: Any = "", old: Any = "", new: Any = "", *_a: Any, **_k: Any) -> None:
@@ -464,6 +541,10 @@ class BudgetLexer(jinja2.lexer.Lexer):
         return super().wrap(_checked_literals(iter(stream), name, filename), name, filename)
 
 
+#: Methods that make bytes, by the type they are methods of.
+_TO_BYTES: dict[str, type] = {"encode": str, "to_bytes": int}
+
+
 class BudgetSandbox(ImmutableSandboxedEnvironment):
     """The immutable sandbox plus the render budget (see the module doc)."""
 
@@ -507,11 +588,38 @@ class BudgetSandbox(ImmutableSandboxedEnvironment):
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapped = super().wrap_str_format(value)
-        if wrapped is not None:
-            check_brace_format(value.__self__)
-        return wrapped
+        if wrapped is None:
+            return None
+        fmt = value.__self__
+        check_brace_format(fmt)
+        by_map = value.__name__ == "format_map"
+
+        @functools.wraps(wrapped)
+        def checked(*args: Any, **kwargs: Any) -> str:
+            if by_map and len(args) == 1 and isinstance(args[0], Mapping):
+                check_brace_args(fmt, (), args[0])
+            elif not by_map:
+                check_brace_args(fmt, args, kwargs)
+            return wrapped(*args, **kwargs)
+
+        return checked
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        """Also refuse bytes: no template needs them, and their methods and operators
+        (``x.encode().ljust(3 * 10**9)``) would each need the size checks that str has."""
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            return False
+        if attr in _TO_BYTES and isinstance(obj, _TO_BYTES[attr]):
+            return False
+        return super().is_safe_attribute(obj, attr, value)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        if (
+            args
+            and getattr(__obj, "__name__", "") == "join"
+            and isinstance(getattr(__obj, "__self__", None), str)
+        ):
+            args = (_materialised(args[0]), *args[1:])  # an iterator is sized as a list
         check_call(__obj, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
