@@ -83,8 +83,13 @@ class RenderBudgetError(Exception):
         )
 
 
-def _too_big(what: str, size: int) -> SecurityError:
-    return SecurityError(
+class SizeRefusal(SecurityError):
+    """A template asked for more than the render budget allows, refused before it was built (a
+    SecurityError, as Jinja's sandbox raises; its own class so that the message can say why)."""
+
+
+def _too_big(what: str, size: int) -> SizeRefusal:
+    return SizeRefusal(
         f"{what} would make {size:,} characters; the render budget is {LIMITS.chars:,} "
         "(FLANMIX_RENDER_CHARS)"
     )
@@ -220,7 +225,7 @@ def checked_binop(operator: str, left: Any, right: Any) -> Any:
     if operator == "**":
         ints = isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0
         if ints and abs(left).bit_length() * right > MAX_POWER_BITS:
-            raise SecurityError(f"{left} ** {right} is too large (over {MAX_POWER_BITS:,} bits)")
+            raise SizeRefusal(f"{left} ** {right} is too large (over {MAX_POWER_BITS:,} bits)")
         return left**right
     if operator == "*":
         for seq, n in ((left, right), (right, left)):
@@ -228,7 +233,7 @@ def checked_binop(operator: str, left: Any, right: Any) -> Any:
                 if isinstance(seq, _TEXT):
                     _check_size("repeating a string", len(seq) * max(n, 0))
                 elif len(seq) * max(n, 0) > MAX_ITEMS:
-                    raise SecurityError(f"a list of {len(seq) * n:,} items is too large")
+                    raise SizeRefusal(f"a list of {len(seq) * n:,} items is too large")
         return left * right
     if operator == "%":
         if isinstance(left, _TEXT):
@@ -247,7 +252,7 @@ def checked_binop(operator: str, left: Any, right: Any) -> Any:
             and isinstance(right, (list, tuple))
             and len(left) + len(right) > MAX_ITEMS
         ):
-            raise SecurityError("a list of too many items")
+            raise SizeRefusal("a list of too many items")
         return left + right
     raise SecurityError(f"operator {operator!r} is not intercepted")  # pragma: no cover
 
@@ -424,13 +429,13 @@ def _check_batch(value: Any = (), linecount: Any = 1, *_a: Any, **k: Any) -> Non
     """``batch(n, fill)`` pads the last batch to n items in one C call."""
     linecount = k.get("linecount", linecount)
     if isinstance(linecount, int) and linecount > MAX_ITEMS:
-        raise SecurityError(f"batches of {linecount:,} items are too large")
+        raise SizeRefusal(f"batches of {linecount:,} items are too large")
 
 
 def _check_slice(value: Any = (), slices: Any = 1, *_a: Any, **k: Any) -> None:
     slices = k.get("slices", slices)
     if isinstance(slices, int) and slices > MAX_ITEMS:
-        raise SecurityError(f"{slices:,} slices are too many")
+        raise SizeRefusal(f"{slices:,} slices are too many")
 
 
 @jinja2.pass_environment
@@ -453,7 +458,7 @@ def checked_sum(environment: Any, iterable: Any, attribute: Any = None, start: A
     for item in iterable:
         if owned and type(item) is list:  # our own copy: extend it, do not copy it again
             if len(total) + len(item) > MAX_ITEMS:
-                raise SecurityError(f"a sum of lists of over {MAX_ITEMS:,} items is too large")
+                raise SizeRefusal(f"a sum of lists of over {MAX_ITEMS:,} items is too large")
             total.extend(item)
             continue
         total = checked_binop("+", total, item)
@@ -484,7 +489,7 @@ def _sized_items(items: Iterable[Any], what: str, limit: int) -> Iterator[Any]:
     for item in items:
         total += _size(item)
         if total > limit:
-            raise SecurityError(
+            raise SizeRefusal(
                 f"{what} would make {total:,} characters or items; the budget is {limit:,} "
                 f"({MAP_SIZE_FACTOR} x FLANMIX_RENDER_CHARS)"
             )

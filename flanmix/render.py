@@ -192,6 +192,13 @@ def undeclared_variables(source: str) -> set[str]:
 
 
 def _template_error(exc: Exception, loc: Location, part: str) -> TemplateError:
+    if isinstance(exc, budget.SizeRefusal):
+        return SandboxError(
+            f"refused by the sandbox: {exc}",
+            location=loc.with_(field=part),
+            hint="a template may not build more than the render budget (FLANMIX_RENDER_CHARS "
+            "characters of text); print less of the row",
+        )
     if isinstance(exc, SecurityError):
         return SandboxError(
             f"refused by the sandbox: {exc}",
