@@ -11,6 +11,12 @@ catastrophic regex). Here:
   ``center``/``indent``/``format`` filters, ``replace``, ``join`` and ``lipsum`` are checked
   before the string is built; ``~`` and the rendered output itself are cut at
   :attr:`Limits.chars` characters (default 1,000,000 per field).
+- **One C call.** Neither the watchdog below nor a signal handler can stop a builtin until it
+  returns, so whatever a builtin would build is sized first: the arguments of ``%`` and
+  ``str.format`` (one ``%(a)s`` repeated), ``join`` of a string or an iterator, ``translate``,
+  ``wordwrap``, ``batch``, ``slice``; ``sum`` adds item by item; ``map`` stops after
+  :data:`MAP_SIZE_FACTOR` budgets of new strings. Bytes are out of reach (no ``encode`` nor
+  ``to_bytes``), and an integer literal too long for Python to read is a syntax error.
 - **Time.** Every guarded render has a time budget (default 2 s): a watchdog thread, waking every
   50 ms, interrupts a render that passes it (an asynchronous :class:`RenderBudgetError` in the
   rendering thread). A render only bumps a per-thread counter when it starts and ends (no clock
@@ -444,9 +450,9 @@ def checked_sum(environment: Any, iterable: Any, attribute: Any = None, start: A
 
     Python's ``sum`` of lists copies the growing total once per item inside one C call:
     ``([[1] * 100] * 99999) | sum(start=[])`` runs for hours, and neither the watchdog's
-    asynchronous exception nor a signal handler can run until it returns. Here lists are
-    extended in place (linear) and every addition is a :func:`checked_binop`, size-checked and
-    interruptible between items.
+    asynchronous exception nor a signal handler can run until it returns. Here lists and tuples
+    are concatenated in one buffer (:func:`_concatenated`, linear and sized) and anything else is
+    added by :func:`checked_binop`, size-checked and interruptible between items.
     """
     if isinstance(start, str):
         raise TypeError("sum() can't sum strings [use join instead]")  # as Python's sum
@@ -454,16 +460,29 @@ def checked_sum(environment: Any, iterable: Any, attribute: Any = None, start: A
         from jinja2.filters import make_attrgetter
 
         iterable = map(make_attrgetter(environment, attribute), iterable)
-    total, owned = start, False
+    if isinstance(start, (list, tuple)):
+        return _concatenated(start, iterable)
+    total = start
     for item in iterable:
-        if owned and type(item) is list:  # our own copy: extend it, do not copy it again
-            if len(total) + len(item) > MAX_ITEMS:
-                raise SizeRefusal(f"a sum of lists of over {MAX_ITEMS:,} items is too large")
-            total.extend(item)
-            continue
         total = checked_binop("+", total, item)
-        owned = type(total) is list  # a new list: '+' never returns one of its operands
     return total
+
+
+def _concatenated(start: list | tuple, items: Iterable[Any]) -> list | tuple:
+    """``start + item + item ...`` for a list or tuple ``start``, refused past
+    :data:`MAX_ITEMS` items; the same TypeError as ``+`` for an item of another kind."""
+    kind = list if isinstance(start, list) else tuple
+    out = list(start)
+    for item in items:
+        if not isinstance(item, kind):
+            raise TypeError(
+                f'can only concatenate {kind.__name__} (not "{type(item).__name__}") to '
+                f"{kind.__name__}"
+            )
+        if len(out) + len(item) > MAX_ITEMS:
+            raise SizeRefusal(f"a sum of lists of over {MAX_ITEMS:,} items is too large")
+        out.extend(item)
+    return out if kind is list else tuple(out)
 
 
 #: ``map`` may make new strings and lists worth this many times the render size budget: a template
@@ -519,7 +538,7 @@ def _checked_literals(
     """Refuse an integer literal Python cannot convert (over ``sys.get_int_max_str_digits()``
     decimal digits) as a syntax error at its line: Jinja's lexer would raise a bare ValueError,
     which no caller expects from parsing (a traceback in lint, an unlocated error in compile)."""
-    limit = sys.get_int_max_str_digits()
+    limit = getattr(sys, "get_int_max_str_digits", lambda: 0)()  # 0: no limit (before 3.10.7)
     for lineno, token, value in stream:
         if token == jinja2.lexer.TOKEN_INTEGER and limit:
             digits = len(value.replace("_", ""))
