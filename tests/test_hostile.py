@@ -772,3 +772,23 @@ def test_a_list_of_undefined_is_an_error_not_text():
     )
     with pytest.raises(FlanmixError, match="undefined"):
         ct.render({"x": {"a": 1}})
+
+
+def test_a_huge_integer_literal_is_one_located_line_in_every_command(tmp_path, capsys):
+    """Python refuses to read an integer of over 4,300 digits (a ValueError from Jinja's lexer):
+    lint, preview and compile each say where, never with a traceback."""
+    fixture = REPO / "tests" / "fixtures" / "lint" / "broken" / "huge_integer_literal.yaml"
+    (tmp_path / "task_templates" / "toy").mkdir(parents=True)
+    task_file = tmp_path / "task_templates" / "toy" / "huge_integer_literal.yaml"
+    shutil.copyfile(fixture, task_file)
+    (tmp_path / "spec.yaml").write_text("name: t\nclusters: all\ntotal_rows: 10\n")
+    where = "task=huge_integer_literal template=review_label field=input"
+    assert main(["lint", str(task_file), "--min-templates", "1", "--min-inverted", "0"]) == 1
+    out = capsys.readouterr().out
+    assert f"{task_file}:20 {where}: error[jinja-syntax]" in out and "Traceback" not in out
+    assert main(["preview", "huge_integer_literal", "--root", str(tmp_path)]) == 2
+    assert where in _one_line_error(capsys)
+    args = ["compile", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "out"), "--offline"]
+    assert main([*args, "--root", str(tmp_path)]) == 2
+    line = _one_line_error(capsys)
+    assert "huge_integer_literal.yaml:17 " in line and where in line, line  # the template
