@@ -176,8 +176,8 @@ def check_percent_args(fmt: str, args: Any) -> None:
             continue
         width = max((int(p) for p in m.groups() if p and p.isdigit()), default=0)
         key = _PERCENT_KEY.match(m.group(0))
-        if named and key:
-            piece = _piece_size(args.get(key.group(1), ""))
+        if named:  # '%(a)s' prints one value, '%s' the whole mapping
+            piece = _piece_size(args.get(key.group(1), "")) if key else printed_size(args)
         elif index < len(sizes):
             piece, index = sizes[index], index + 1
         else:
