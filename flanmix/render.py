@@ -223,6 +223,13 @@ def null_skipped_names(source: str) -> tuple[str, ...]:
 
 
 def _template_error(exc: Exception, loc: Location, part: str) -> TemplateError:
+    if isinstance(exc, budget.SizeRefusal):
+        return SandboxError(
+            f"refused by the sandbox: {exc}",
+            location=loc.with_(field=part),
+            hint="a template may not build more than the render budget (FLANMIX_RENDER_CHARS "
+            "characters of text); print less of the row",
+        )
     if isinstance(exc, SecurityError):
         return SandboxError(
             f"refused by the sandbox: {exc}",
@@ -581,6 +588,18 @@ def plain_renderer(source: str) -> Callable[[Mapping[str, Any], Any], str | None
     return scope["plain"]
 
 
+def _syntax_hint(message: str) -> str:
+    """The hint for a Jinja syntax error: most are unclosed tags, two are literals."""
+    if "escape sequence" in message:
+        return (
+            "Jinja string literals use Python escapes: a regex \\s is written '\\\\s' in the "
+            "template text (in a YAML double-quoted string, double each backslash again)"
+        )
+    if "integer literal" in message:
+        return "write a shorter number; a long number belongs in the row's data, as text"
+    return "close every {{ }} and {% %}; end every {% if %}/{% for %} with {% endif %}/{% endfor %}"
+
+
 def compile_template(
     task: str, template: Template, location: Location | None = None
 ) -> CompiledTemplate:
@@ -595,13 +614,7 @@ def compile_template(
                 warnings.simplefilter("error", DeprecationWarning)
                 return _from_string(source)
         except jinja2.TemplateSyntaxError as exc:
-            if "escape sequence" in str(exc.message):
-                hint = (
-                    "Jinja string literals use Python escapes: a regex \\s is written '\\\\s' in the "
-                    "template text (in a YAML double-quoted string, double each backslash again)"
-                )
-            else:
-                hint = "close every {{ }} and {% %}; end every {% if %}/{% for %} with {% endif %}/{% endfor %}"
+            hint = _syntax_hint(str(exc.message))
             error = TemplateError(
                 f"Jinja syntax error: {exc.message}",
                 location=loc.with_(field=part),

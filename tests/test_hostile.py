@@ -455,6 +455,57 @@ def test_templates_cannot_take_gigabytes_or_hours():
         assert "field=input" in what and seconds < 5, (name, what, seconds)
 
 
+#: Templates that build gigabytes, or run for hours, inside one C call: the watchdog's exception
+#: and signal handlers only run between bytecodes, so each must be refused before the call.
+ONE_C_CALL = {
+    "sum_of_lists": "{{ ([[1] * 100] * 99999) | sum(start=[]) | length }}",
+    "join_characters": "{{ (x * 199999) | join(x * 199999) }}",
+    "str_join_characters": "{{ (x * 199999).join(x * 199999) }}",
+    "join_an_iterator": "{{ ([x * 199999] * 1000) | select | join }}",
+    "str_join_an_iterator": "{{ ''.join(([x * 199999] * 1000) | select) }}",
+    "batch_fill": "{{ [x] | batch(10**9, x) | list | length }}",
+    "wordwrap": "{{ ((x ~ ' ') * 100000) | wordwrap(1, true, x * 199999) }}",
+    "translate": "{{ (x * 199999).translate({104: x * 199999}) }}",
+    "expandtabs_keyword": "{{ ('\t' * 99999).expandtabs(tabsize=10**5) }}",
+    "percent_repeat": "{{ ('%(a)s' * 3000) % {'a': x * 199999} }}",
+    "format_filter_repeat": "{{ ('%(a)s' * 3000) | format(a=x * 199999) }}",
+    "brace_repeat": "{{ ('{0}' * 3000).format(x * 199999) }}",
+    "format_map_repeat": "{{ ('{a}' * 3000).format_map({'a': x * 199999}) }}",
+    "map_copies": "{{ ([x * 199999] * 1000) | map('upper') | list | length }}",
+    "encode": "{{ x.encode().ljust(3 * 10**9) | length }}",
+    "to_bytes": "{{ (1).to_bytes(10**9, 'big') | length }}",
+}
+
+
+def test_templates_cannot_build_gigabytes_in_one_c_call():
+    """Each is a located template error, refused by a size check (not a MemoryError, not the
+    time budget), in well under a second, in 1.5 GB of address space."""
+    result = limited(
+        f"""
+        import json, time
+        from flanmix.render import compile_template
+        from flanmix.schema import Template
+        out = {{}}
+        for name, source in {ONE_C_CALL!r}.items():
+            t0 = time.perf_counter()
+            try:
+                ct = compile_template("t", Template.model_validate({{"id": "h", "input": source, "target": "y"}}))
+                out[name] = ("rendered " + ct.render({{"x": "hello"}}).input[:50], 0)
+            except Exception as exc:
+                out[name] = (type(exc).__name__ + ": " + str(exc).splitlines()[0], time.perf_counter() - t0)
+        print(json.dumps(out))
+        """,
+        timeout=60,
+        mem_mb=1500,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    for name, (what, seconds) in outcome.items():
+        assert what.startswith(("TemplateError", "SandboxError")), (name, what)
+        assert "field=input" in what and seconds < 1, (name, what, seconds)
+        assert "MemoryError" not in what and "longer than" not in what, (name, what)
+
+
 def test_huge_powers_are_not_folded_while_compiling():
     result = limited(
         """
@@ -724,3 +775,23 @@ def test_a_list_of_undefined_is_an_error_not_text():
     )
     with pytest.raises(FlanmixError, match="undefined"):
         ct.render({"x": {"a": 1}})
+
+
+def test_a_huge_integer_literal_is_one_located_line_in_every_command(tmp_path, capsys):
+    """Python refuses to read an integer of over 4,300 digits (a ValueError from Jinja's lexer):
+    lint, preview and compile each say where, never with a traceback."""
+    fixture = REPO / "tests" / "fixtures" / "lint" / "broken" / "huge_integer_literal.yaml"
+    (tmp_path / "task_templates" / "toy").mkdir(parents=True)
+    task_file = tmp_path / "task_templates" / "toy" / "huge_integer_literal.yaml"
+    shutil.copyfile(fixture, task_file)
+    (tmp_path / "spec.yaml").write_text("name: t\nclusters: all\ntotal_rows: 10\n")
+    where = "task=huge_integer_literal template=review_label field=input"
+    assert main(["lint", str(task_file), "--min-templates", "1", "--min-inverted", "0"]) == 1
+    out = capsys.readouterr().out
+    assert f"{task_file}:20 {where}: error[jinja-syntax]" in out and "Traceback" not in out
+    assert main(["preview", "huge_integer_literal", "--root", str(tmp_path)]) == 2
+    assert where in _one_line_error(capsys)
+    args = ["compile", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "out"), "--offline"]
+    assert main([*args, "--root", str(tmp_path)]) == 2
+    line = _one_line_error(capsys)
+    assert "huge_integer_literal.yaml:17 " in line and where in line, line  # the template

@@ -195,3 +195,39 @@ def test_other_templates_cannot_be_loaded(source):
     """No loader: a template cannot pull in another (the render context relies on it)."""
     with pytest.raises(TemplateError, match="no loader"):
         compile_template("t", _t(input=source)).render(ROW)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{{ [1, 2, 3] | sum }}", "6"),
+        ("{{ [1.5, 2] | sum(start=1) }}", "4.5"),
+        ("{{ [{'n': 2}, {'n': 3}] | sum(attribute='n') }}", "5"),
+        ("{{ [[1], [2, 3], [4]] | sum(start=[]) }}", "[1, 2, 3, 4]"),
+        ("{{ [(1,), (2,)] | sum(start=()) }}", "(1, 2)"),
+        ("{{ opts | map('upper') | join(', ') }}", "RED, GREEN"),
+        ("{{ opts | select | join('/') }}", "red/green"),
+        ("{{ '-'.join(opts | reject('eq', 'red')) }}", "green"),
+        ("{{ 'ab' | join('.') }}", "a.b"),
+        ("{{ '%s and %s' | format('a', 'b') }}", "a and b"),
+        ("{{ '%s or %s' % ('a', 'b') }}", "a or b"),
+        ("{{ '%(a)s=%(a)s' % {'a': 'x'} }}", "x=x"),
+        ("{{ '{} {:>4} {k}'.format('a', 'b', k='c') }}", "a    b c"),
+        ("{{ '{a}{a}'.format_map({'a': 'z'}) }}", "zz"),
+        ("{{ 'a\tb'.expandtabs(tabsize=4) }}", "a   b"),
+        ("{{ 'abc'.translate({97: 'xy'}) }}", "xybc"),
+        ("{{ [1, 2, 3] | batch(2, 0) | list }}", "[[1, 2], [3, 0]]"),
+        ("{{ 'aa bb cc' | wordwrap(2, wrapstring='|') }}", "aa|bb|cc"),
+    ],
+)
+def test_checked_filters_and_methods_render_as_jinja_does(source, expected):
+    """The size checks of the render budget change no result of an ordinary template."""
+    ct = compile_template("t", _t(input=source, target="x"))
+    assert ct.render({"opts": ["red", "green"]}).input == expected
+
+
+def test_bytes_are_out_of_reach():
+    for source in ("{{ x.encode() }}", "{{ (1).to_bytes(2, 'big') }}", "{{ b.hex() }}"):
+        ct = compile_template("t", _t(input=source, target="x"))
+        with pytest.raises(SandboxError, match="unsafe"):
+            ct.render({"x": "a", "b": b"a"})
