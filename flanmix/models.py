@@ -307,6 +307,15 @@ def load_model(
     except Exception as exc:  # noqa: BLE001 - any broken file in the folder: one located line
         if "trust_remote_code" in str(exc):
             raise ModelError(REMOTE_CODE, location=where) from exc
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError):  # torch's weights_only refused it
+            raise ModelError(
+                f"cannot load model {name!r}: a weights file is not plain data "
+                "(loading it would run code; refused)",
+                location=where,
+                hint="use the model's .safetensors weights",
+            ) from exc
         raise ModelError(
             f"cannot load model {name!r}: {_first_line(exc)}",
             location=where,

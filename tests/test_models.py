@@ -241,3 +241,5 @@ def test_a_broken_model_folder_is_a_one_line_error(saved, tmp_path, case):
         load_model(str(folder))
     assert "\n" not in err.value.message and str(folder) in str(err.value)
     assert not (folder / "pwned").exists()
+    if case == "pickle":
+        assert "not plain data" in err.value.message
