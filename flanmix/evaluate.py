@@ -47,7 +47,6 @@ Outputs in the results folder, written to a temporary folder and renamed into pl
 from __future__ import annotations
 
 import json
-import os
 import re
 import string
 import sys
@@ -69,6 +68,9 @@ from .models import (
     encode_prompt,
     load_model,
     padded,
+)
+from .models import (
+    check_model_name as _check_model_name,
 )
 from .publish import MARKER, claim, staging, write_marker
 from .rank import encode_rows, option_logprobs
@@ -807,37 +809,10 @@ def cluster_charts(results: dict[str, Any], folder: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------- entry point
 
-_NAMED_MODELS = ("tiny", "smollm2")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
 
 def check_model_name(name: str) -> None:
-    """A model that should be a local directory must exist: 'no such model directory', never a
-    hub error. Names shaped like a hub id (``org/name``) whose first part is no local folder go
-    to the hub, unless it is offline."""
-    if name in _NAMED_MODELS or name.endswith(".gguf"):
-        if name.endswith(".gguf") and not Path(name).is_file():
-            raise EvaluateError(f"no such model file: {name}", location=Location(file=name))
-        return
-    path = Path(name).expanduser()
-    hub_shaped = bool(_HUB_ID.match(name)) and not Path(name.split("/")[0]).exists()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise EvaluateError(
-                "not a model directory (no config.json)",
-                location=Location(file=name),
-                hint="pass the run's model folder, e.g. runs/train/model",
-            )
-        return
-    if path.exists():
-        raise EvaluateError("not a model directory", location=Location(file=name))
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    if not hub_shaped or offline:
-        raise EvaluateError(
-            "no such model directory" + (" (and the hub is offline)" if hub_shaped else ""),
-            location=Location(file=name),
-            hint="pass a trained run's model folder (runs/train/model), tiny, smollm2 or a .gguf file",
-        )
+    """:func:`flanmix.models.check_model_name` with evaluate's error class."""
+    _check_model_name(name, EvaluateError)
 
 
 def open_model(name: str, mixture: Mixture, like: Loaded | None = None, seed: int = 0) -> Loaded:

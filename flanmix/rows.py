@@ -859,7 +859,7 @@ def load_tokenizer(path: str):
             return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
         from transformers import AutoTokenizer
 
-        hf = AutoTokenizer.from_pretrained(str(p))
+        hf = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False)  # never its .py files
         return lambda text: len(hf(text, add_special_tokens=False)["input_ids"])
     except ImportError as exc:
         raise CompileError(

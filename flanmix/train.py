@@ -63,10 +63,12 @@ import yaml
 
 from .config import TrainConfig, TrainError
 from .config import load_config as load_config  # flanmix.train.load_config, as before
-from .errors import FlanmixError, Location
+from .errors import Location
 from .mixture import Mixture
 from .models import (
     PACKING_MODEL_TYPES,
+    ModelError,
+    check_model_name,
     encode_continuation,
     encode_prompt,
     load_model,
@@ -401,8 +403,13 @@ def _check_checkpoint(folder: Path) -> None:
     from .mixture import sha256_file
 
     index = folder / CHECKPOINT_INDEX
-    if not index.is_file():
-        return  # checkpoints saved before the index existed: state.pt is still loaded as data
+    if not index.is_file():  # deleting the index must not turn the checks off
+        raise TrainError(
+            f"checkpoint has no {CHECKPOINT_INDEX} index: its files cannot be checked",
+            location=Location(file=str(folder)),
+            hint="resume from another checkpoint (--resume PATH) or start a new run; to train "
+            f"its weights further, start a new run from it: --model {folder} -o ANOTHER_FOLDER",
+        )
     try:
         files = json.loads(index.read_text())["sha256"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -522,6 +529,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )
     if cfg.max_steps <= 0 or cfg.batch_size <= 0 or cfg.grad_accum <= 0:
         raise TrainError("max_steps, batch_size and grad_accum must be positive")
+    if not cfg.resume:  # the model is checked before anything is written
+        check_model_name(cfg.model, TrainError)
     from .publish import lock, staging, write_marker
     from .verify import open_verified
 
@@ -630,14 +639,11 @@ def _train(
             seed=cfg.seed,
             **(shape if name == "tiny" else {}),
         )
-    except FlanmixError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint's weights or config
+    except ModelError as exc:  # any failure while loading (load_model catches them all)
         if resume_from is None:
             raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise TrainError(
-            f"cannot load the checkpoint's model: {type(exc).__name__}: {first}",
+            f"cannot load the checkpoint's model: {exc.message}",
             location=Location(file=str(resume_from)),
             hint="resume from another checkpoint (--resume PATH) or start a new run",
         ) from exc

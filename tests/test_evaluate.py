@@ -267,6 +267,39 @@ def test_missing_model_directory_is_not_a_hub_error(mixture, tmp_path, monkeypat
     assert not out.exists()
 
 
+def test_a_hostile_or_broken_model_folder_is_one_line(mixture, tiny, tmp_path, capsys, monkeypatch):
+    """evaluate --model on a folder that asks to run its own code (stdin answers "y") or whose
+    weights are corrupt: rc 2, one line, no traceback, the folder's code never runs."""
+    import io
+
+    from flanmix.cli import main
+
+    folder = tmp_path / "evil"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    marker = tmp_path / "pwned"
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "configuration_evil.Evil"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('pwned')\n"
+        "from transformers import LlamaConfig\nclass Evil(LlamaConfig):\n    model_type = 'evil'\n"
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 10))
+    args = ["evaluate", str(mixture), "-o", str(tmp_path / "e"), "--no-progress", "--model"]
+    assert main(args + [str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "flanmix never runs code" in err and "Traceback" not in err
+    assert not marker.exists()
+    broken = tmp_path / "broken"
+    tiny.model.save_pretrained(broken)
+    tiny.tokenizer.save_pretrained(broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    assert main(args + [str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "SafetensorError" in err and "Traceback" not in err and str(broken) in err
+
+
 def test_rows_without_references_and_wrong_shots_are_errors(tmp_path, mixture):
     from flanmix.evaluate import EvaluateError
 

@@ -304,8 +304,9 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, toy, finished_run):
     import torch
 
     run = _resume_copy(finished_run, tmp_path / "run")
+    from flanmix.train import _index_checkpoint
+
     ckpt = run / "checkpoints/step-000001"
-    (ckpt / "checkpoint.json").unlink()  # as an old checkpoint: state.pt is the only guard
     proof = tmp_path / "pwned"
 
     class Payload:
@@ -313,6 +314,7 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, toy, finished_run):
             return (os.system, (f"touch {proof}",))
 
     torch.save({"optimizer": Payload(), "scheduler": {}, "step": 1, "rng": {}}, ckpt / "state.pt")
+    _index_checkpoint(ckpt)  # re-hashed, as an attacker would: state.pt is the only guard
     with pytest.raises(FlanmixError, match="not plain data"):
         _train(toy, run, "max_steps=2", "save_every=1", resume="latest")
     assert not proof.exists()
@@ -332,16 +334,23 @@ def test_corrupt_checkpoints_are_one_line_errors(tmp_path, toy, finished_run):
     _flip_bit(run / "checkpoints/step-000001/model.safetensors", 2000)
     with pytest.raises(FlanmixError, match="changed after it was saved"):
         _train(toy, run, "max_steps=2", resume="latest")
-    # truncated state.pt and safetensors (no index: as an old checkpoint)
+    # truncated state.pt and safetensors, re-hashed into the index: the loaders catch them
+    from flanmix.train import _index_checkpoint
+
     for name in ("state.pt", "model.safetensors"):
         run = _resume_copy(finished_run, tmp_path / f"trunc-{name}")
         ckpt = run / "checkpoints/step-000001"
-        (ckpt / "checkpoint.json").unlink()
         data = (ckpt / name).read_bytes()
         (ckpt / name).write_bytes(data[: len(data) // 2])
+        _index_checkpoint(ckpt)
         with pytest.raises(FlanmixError) as err:
             _train(toy, run, "max_steps=2", resume="latest")
         assert "checkpoint" in str(err.value) and "\n" not in err.value.message
+    # no index at all: refused, never a way to turn the checks off
+    run = _resume_copy(finished_run, tmp_path / "noindex")
+    (run / "checkpoints/step-000001/checkpoint.json").unlink()
+    with pytest.raises(FlanmixError, match="checkpoint has no checkpoint.json index"):
+        _train(toy, run, "max_steps=2", resume="latest")
 
 
 @torch_needed

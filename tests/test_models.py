@@ -122,3 +122,124 @@ def test_output_head_shortcut_only_for_plain_heads():
                  num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
     assert plain_head(LlamaForCausalLM(LlamaConfig(**shape)))
     assert not plain_head(GraniteForCausalLM(GraniteConfig(**shape, logits_scaling=8.0)))
+
+
+# ----------------------------------------------------------------------------- hostile model folders
+
+
+@pytest.fixture(scope="module")
+def saved(tiny, tmp_path_factory):
+    """The tiny model saved as a model folder; tests edit copies of it."""
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _folder(saved, dest, config=None, tokenizer=None, files=None):
+    import json
+    import shutil
+
+    shutil.copytree(saved, dest)
+    for name, changes in (("config.json", config), ("tokenizer_config.json", tokenizer)):
+        if changes:
+            data = json.loads((dest / name).read_text())
+            data.update(changes)
+            (dest / name).write_text(json.dumps(data))
+    for name, text in (files or {}).items():
+        (dest / name).write_text(text)
+    return dest
+
+
+def _payload(marker, base: str) -> str:
+    return (
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('pwned')\n"
+        f"from transformers import {base}\n"
+        f"class Evil({base}):\n    model_type = 'evil'\n"
+    )
+
+
+@pytest.mark.parametrize("where", ["config", "tokenizer"])
+@pytest.mark.parametrize("precheck", [True, False])
+def test_a_model_folder_never_runs_its_own_code(saved, tmp_path, monkeypatch, where, precheck):
+    """auto_map + a .py file in the folder: transformers asks "run the custom code? [y/N]" and runs
+    it on "y" unless trust_remote_code=False; stdin says "y" here. Both the folder check and
+    transformers' own refusal (precheck off) are one-line errors."""
+    import io
+
+    import flanmix.models as models
+
+    marker = tmp_path / "pwned"
+    if where == "config":
+        folder = _folder(
+            saved,
+            tmp_path / "evil",
+            config={"model_type": "evil", "auto_map": {"AutoConfig": "configuration_evil.Evil"}},
+            files={"configuration_evil.py": _payload(marker, "LlamaConfig")},
+        )
+    else:
+        folder = _folder(
+            saved,
+            tmp_path / "evil",
+            tokenizer={
+                "tokenizer_class": "Evil",
+                "auto_map": {"AutoTokenizer": ["tokenization_evil.Evil", None]},
+            },
+            files={"tokenization_evil.py": _payload(marker, "PreTrainedTokenizerFast")},
+        )
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 10))
+    if not precheck:
+        monkeypatch.setattr(models, "_asks_for_code", lambda folder: False)
+    with pytest.raises(models.ModelError, match="flanmix never runs code") as err:
+        load_model(str(folder))
+    assert "\n" not in err.value.message and str(folder) in str(err.value)
+    assert not marker.exists()
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _bad_header(p):
+    p.write_bytes((100).to_bytes(8, "little") + b"{" * 100 + p.read_bytes()[108:])
+
+
+def _pickle_bin(folder):
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {folder / 'pwned'}",))
+
+    (folder / "model.safetensors").unlink()
+    torch.save({"weight": Payload()}, folder / "pytorch_model.bin")
+
+
+BROKEN = {
+    "random bytes": lambda f: (f / "model.safetensors").write_bytes(bytes(range(256)) * 20),
+    "truncated": lambda f: _truncate(f / "model.safetensors"),
+    "empty": lambda f: (f / "model.safetensors").write_bytes(b""),
+    "bad header": lambda f: _bad_header(f / "model.safetensors"),
+    "pickle": _pickle_bin,
+}
+BAD_CONFIG = {
+    "hidden doubled": {"hidden_size": 64},
+    "huge vocab": {"vocab_size": 2_000_000_000},
+    "negative layers": {"num_hidden_layers": -3},
+    "zero heads": {"num_attention_heads": 0},
+}
+
+
+@pytest.mark.parametrize("case", [*BROKEN, *BAD_CONFIG])
+def test_a_broken_model_folder_is_a_one_line_error(saved, tmp_path, case):
+    from flanmix.models import ModelError
+
+    folder = _folder(saved, tmp_path / "broken", config=BAD_CONFIG.get(case))
+    if case in BROKEN:
+        BROKEN[case](folder)
+    with pytest.raises(ModelError) as err:
+        load_model(str(folder))
+    assert "\n" not in err.value.message and str(folder) in str(err.value)
+    assert not (folder / "pwned").exists()
+    if case == "pickle":
+        assert "not plain data" in err.value.message

@@ -492,3 +492,87 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_complete(mixture, tmp_
     summary, _ = run(mixture, out, "max_steps=3", overwrite=True)
     assert summary["steps"] == 3 and summary["model_dir"] == str(out / "model")
     assert json.loads((out / "summary.json").read_text())["model_dir"] == str(out / "model")
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(mixture, tmp_path_factory):
+    """A finished 2-step run with checkpoints at steps 1 and 2; tests resume from copies of it."""
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    run(mixture, out, "max_steps=2", "save_every=1", "tiny_layers=1", "eval_examples=0")
+    return out
+
+
+def _interrupted(run_dir, dest):
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    shutil.rmtree(dest / "checkpoints/step-000002")
+    return dest / "checkpoints/step-000001"
+
+
+def test_resume_refuses_a_checkpoint_without_its_index(mixture, two_checkpoints, tmp_path):
+    """Deleting checkpoint.json must not turn the sha256 checks off (tampered weights)."""
+    ckpt = _interrupted(two_checkpoints, tmp_path / "run")
+    (ckpt / "checkpoint.json").unlink()
+    weights = ckpt / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(FlanmixError, match="checkpoint has no checkpoint.json index") as err:
+        run(mixture, tmp_path / "run", "max_steps=2", "tiny_layers=1", resume="latest")
+    assert "\n" not in err.value.message
+
+
+def test_resume_never_runs_code_from_the_checkpoint(
+    mixture, two_checkpoints, tmp_path, monkeypatch
+):
+    """A checkpoint whose config names custom code (auto_map), re-hashed into checkpoint.json so
+    the integrity check passes: refused, the code never runs, even when stdin answers "y"."""
+    import io
+
+    from flanmix.train import _index_checkpoint
+
+    ckpt = _interrupted(two_checkpoints, tmp_path / "run")
+    marker = tmp_path / "pwned"
+    config = json.loads((ckpt / "config.json").read_text())
+    config.update(model_type="evil", auto_map={"AutoConfig": "configuration_evil.Evil"})
+    (ckpt / "config.json").write_text(json.dumps(config))
+    (ckpt / "configuration_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('pwned')\n"
+        "from transformers import LlamaConfig\nclass Evil(LlamaConfig):\n    model_type = 'evil'\n"
+    )
+    _index_checkpoint(ckpt)
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n" * 10))
+    with pytest.raises(FlanmixError, match="flanmix never runs code") as err:
+        run(mixture, tmp_path / "run", "max_steps=2", "tiny_layers=1", resume="latest")
+    assert "\n" not in err.value.message
+    assert not marker.exists()
+
+
+def test_a_missing_model_is_named_before_anything_is_written(mixture, tmp_path, capsys):
+    from flanmix.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", str(mixture), "-o", str(out), "--no-progress"]
+    assert main(args + ["--model", str(tmp_path / "nomodel")]) == 2
+    err = capsys.readouterr().err
+    assert "no such model directory" in err and "Repo id" not in err and "Traceback" not in err
+    assert not out.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(args + ["--model", str(empty)]) == 2
+    assert "not a model directory (no config.json)" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_broken_model_folder_is_one_line_for_train(mixture, two_checkpoints, tmp_path, capsys):
+    import shutil
+
+    from flanmix.cli import main
+
+    model = shutil.copytree(two_checkpoints / "model", tmp_path / "model")
+    (model / "model.safetensors").write_bytes(b"\x00" * 100)
+    args = ["train", str(mixture), "-o", str(tmp_path / "run"), "--no-progress"]
+    assert main(args + ["--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load model" in err and "SafetensorError" in err and "Traceback" not in err
