@@ -675,6 +675,18 @@ def test_a_manifest_with_missing_keys_is_one_line(tmp_path, built, capsys):
     assert "manifest.json is incomplete" in _one_line_error(capsys)
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", "null", '"x"', "1", "[" * 100000 + "]" * 100000])
+@pytest.mark.parametrize("command", ["verify", "inspect", "export"])
+def test_a_manifest_that_is_not_a_json_object_is_one_line(tmp_path, built, capsys, text, command):
+    mix = _copy(built, tmp_path / "mix")
+    (mix / "manifest.json").write_text(text)
+    argv = [command, str(mix)] + (["-o", str(tmp_path / "e")] if command == "export" else [])
+    assert main(argv) == 2
+    line = _one_line_error(capsys)
+    assert str(mix / "manifest.json") in line
+    assert "manifest.json is not a JSON object" in line or "nested too deep" in line, line
+
+
 def test_promptsource_files_bad_bytes_and_deep_nesting(tmp_path):
     from flanmix.promptsource import read_templates_file
 
