@@ -620,7 +620,10 @@ def _run_inspect(args) -> int:
 
 
 def _add_verify(sub) -> None:
-    p = sub.add_parser("verify", help="re-hash every shard of a mixture against its manifest")
+    p = sub.add_parser(
+        "verify",
+        help="re-hash every shard of a mixture against its manifest, check its schema and rows",
+    )
     p.add_argument(
         "mixture", type=Path, help="compiled mixture directory (or a leave-one-cluster-out root)"
     )
@@ -646,7 +649,7 @@ def _verify_one(path: Path) -> int:
     from .verify import mixture_problems
 
     mixture = Mixture.open(path, validate=False)  # every problem is listed below
-    problems = mixture_problems(mixture)
+    problems = mixture_problems(mixture, rows=True)
     for problem in problems:
         print(f"{path}: {problem}")
     if problems:

@@ -867,6 +867,16 @@ def read_eval_rows(mix: Mixture, cfg: EvalConfig) -> list[dict[str, Any]]:
                 location=Location(file=str(mix.path), task=row["task"]),
                 hint="recompile the mixture with this flanmix: every eval row gets its references",
             )
+        answer, options = row.get("answer_index"), row.get("options")
+        if options and answer is not None and not 0 <= answer < len(options):
+            raise EvaluateError(
+                f"answer_index {answer} is outside the row's {len(options)} options "
+                f"(row {row['example_id']})",
+                location=Location(
+                    file=str(mix.path), task=row["task"], template=row["template_id"]
+                ),
+                hint=f"run 'flanmix verify {mix.path}'; recompile the mixture",
+            )
         per_template[row["template_id"]] += 1
         rows.append(row)
     return rows

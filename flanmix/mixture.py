@@ -205,6 +205,42 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (a manifest or a LOCO index); anything else (unreadable, not
+    UTF-8, not JSON, nested too deep, or valid JSON that is not an object) is one located line."""
+    where = Location(file=str(path))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise MixtureError(
+            f"unreadable {what}: {exc.msg} (column {exc.colno})",
+            location=where.with_(line=exc.lineno),
+        ) from exc
+    except RecursionError as exc:
+        raise MixtureError(f"unreadable {what}: JSON nested too deep", location=where) from exc
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, an integer too long
+        raise MixtureError(f"unreadable {what}: {exc}", location=where) from exc
+    if not isinstance(data, dict):
+        raise MixtureError(
+            f"{path.name} is not a JSON object (it holds {_json_kind(data)})",
+            location=where,
+            hint="recompile the mixture" if what == "manifest" else "recompile the mixtures",
+        )
+    return data
+
+
+def _json_kind(data: Any) -> str:
+    if data is None:
+        return "null"
+    if isinstance(data, bool):
+        return "a boolean"
+    if isinstance(data, list):
+        return "an array"
+    if isinstance(data, str):
+        return "a string"
+    return "a number"
+
+
 def open_loco(root: str | Path) -> LocoIndex | None:
     """The :class:`LocoIndex` of a leave-one-cluster-out root, or None when ``root`` is not one
     (its ``loco.json`` is written last, like a manifest). A broken index is one located line."""
@@ -212,18 +248,8 @@ def open_loco(root: str | Path) -> LocoIndex | None:
     if not index.is_file():
         return None
     where = Location(file=str(index))
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise MixtureError(
-            f"unreadable leave-one-cluster-out index: {exc.msg} (column {exc.colno})",
-            location=where.with_(line=exc.lineno),
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MixtureError(
-            f"unreadable leave-one-cluster-out index: {exc}", location=where
-        ) from exc
-    version = data.get("format_version") if isinstance(data, dict) else None
+    data = read_json_object(index, "leave-one-cluster-out index")
+    version = data.get("format_version")
     if isinstance(version, int) and version != FORMAT_VERSION:
         raise MixtureError(
             f"leave-one-cluster-out index format version {version!r} is not supported "
@@ -285,12 +311,7 @@ class Mixture:
                 location=Location(file=str(path)),
                 hint="run 'flanmix compile' again; it replaces the incomplete directory",
             )
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise MixtureError(
-                f"unreadable manifest: {exc}", location=Location(file=str(mpath))
-            ) from exc
+        manifest = read_json_object(mpath, "manifest")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise MixtureError(

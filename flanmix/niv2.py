@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -124,6 +125,15 @@ class _Buffer:
             self.start = self.pos
             try:
                 obj, end = _DECODER.raw_decode(self.buf, self.pos)
+            except RecursionError:
+                # json's scanner recurses once per nested array or object: a value nested
+                # thousands deep (no NIv2 field nests more than a few) exhausts Python's stack
+                raise self.error(
+                    f"{what} is nested too deep: arrays or objects about "
+                    f"{sys.getrecursionlimit()} levels deep (an NIv2 task file nests a few)",
+                    row,
+                    value=True,
+                ) from None
             except json.JSONDecodeError as exc:
                 cut = exc.pos >= len(self.buf) - 16 or exc.msg.startswith("Unterminated string")
                 if cut and len(self.buf) - self.pos > MAX_VALUE:
@@ -338,7 +348,7 @@ class TaskStream:
                 pos = ws(text, buf.pos).end()
                 try:
                     value, end = scan(text, pos)
-                except ValueError:
+                except (ValueError, RecursionError):  # buf.value() says which, located
                     end = -1
                 if end < len(text) and end > pos and isinstance(value, dict):
                     buf.start, buf.pos = pos, end

@@ -268,6 +268,12 @@ def _largest_remainder(total: int, rates: list[float]) -> list[int]:
     s = sum(rates)
     if s <= 0 or total <= 0:
         return [0] * len(rates)
+    if not math.isfinite(s) or not math.isfinite(total * max(rates)):
+        # rates near the float maximum (the spec refuses non-finite ones): only their ratios
+        # matter, so scale them to at most 1 first (kept out of the common path: same bytes)
+        top = max(rates)
+        rates = [r / top for r in rates]
+        s = sum(rates)
     exact = [total * r / s for r in rates]
     out = [math.floor(x) for x in exact]
     rest = total - sum(out)

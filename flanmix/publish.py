@@ -98,7 +98,7 @@ def _json_with_version(path: Path) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) and "format_version" in data else None
 
@@ -119,8 +119,14 @@ def _mixture_files(folder: Path, prefix: str = "") -> set[str] | None:
     manifest = _json_with_version(folder / "manifest.json")
     if manifest is not None:
         names = set(MIXTURE_FILES)
-        for split in (manifest.get("splits") or {}).values():
-            for shard in (split or {}).get("shards") or []:
+        splits = manifest.get("splits")
+        if not isinstance(splits, dict):
+            return None
+        for split in splits.values():
+            shards = split.get("shards") if isinstance(split, dict) else None
+            if not isinstance(shards, list):
+                return None
+            for shard in shards:
                 if isinstance(shard, dict) and isinstance(shard.get("file"), str):
                     names.add(shard["file"])
         return {prefix + n for n in names}
@@ -128,7 +134,10 @@ def _mixture_files(folder: Path, prefix: str = "") -> set[str] | None:
     if index is None:
         return None
     names = {prefix + n for n in LOCO_FILES}
-    for entry in (index.get("mixtures") or {}).values():
+    mixtures = index.get("mixtures")
+    if not isinstance(mixtures, dict):
+        return None
+    for entry in mixtures.values():
         sub = entry.get("path") if isinstance(entry, dict) else None
         if not isinstance(sub, str) or not sub or "/" in sub or sub.startswith("."):
             return None

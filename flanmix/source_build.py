@@ -38,6 +38,43 @@ Rows = Iterable[dict[str, Any]]
 _ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz")
 
 
+class _Counted(io.BufferedIOBase):
+    """A binary stream that counts the bytes read from it: where a decoding error is in the file."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._raw.read(-1 if size is None else size)
+        self.count += len(data)
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        read1 = getattr(self._raw, "read1", self._raw.read)
+        data = read1(-1 if size is None else size)
+        self.count += len(data)
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _not_utf8(where: str, stream: io.TextIOWrapper, exc: UnicodeDecodeError, task: str):
+    """The located error for bytes that are not UTF-8: the byte and its offset in the file (the
+    decoder saw ``exc.object``, the last bytes read so far)."""
+    offset = stream.buffer.count - len(exc.object) + exc.start
+    return SourceError(
+        f"{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {offset})",
+        location=Location(task=task),
+        hint="the release files are UTF-8: use the files as their authors released them",
+    )
+
+
 class Release:
     """The original release files of a dataset: a folder, a single file or an archive."""
 
@@ -94,12 +131,15 @@ class Release:
             raw = gzip.GzipFile(fileobj=raw)
         elif where.endswith(".bz2"):
             raw = bz2.BZ2File(raw)
-        return where, io.TextIOWrapper(raw, encoding=encoding, newline="")
+        return where, io.TextIOWrapper(_Counted(raw), encoding=encoding, newline="")
 
     def text(self, *names: str, encoding: str = "utf-8") -> tuple[str, str]:
         where, stream = self.open(*names, encoding=encoding)
         with stream:
-            return where, stream.read()
+            try:
+                return where, stream.read()
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(where, stream, exc, self.task) from None
 
     def lines(self, *names: str, encoding: str = "utf-8") -> tuple[str, Iterator[str]]:
         """(where, lines without their line ends), streamed."""
@@ -107,10 +147,65 @@ class Release:
 
         def gen() -> Iterator[str]:
             with stream:
-                for line in stream:
-                    yield line.rstrip("\r\n")
+                try:
+                    for line in stream:
+                        yield line.rstrip("\r\n")
+                except UnicodeDecodeError as exc:
+                    raise _not_utf8(where, stream, exc, self.task) from None
 
         return where, gen()
+
+    def json(self, name: str) -> tuple[str, Any]:
+        """(where, the file's JSON value); a file that is not JSON is one located line."""
+        where, text = self.text(name)
+        return where, _json(text, where, self.task)
+
+    def error(self, where: str, message: str) -> SourceError:
+        return SourceError(f"{where}: {message}", location=Location(task=self.task))
+
+
+def _json(text: str, where: str, task: str, line: int | None = None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = f"{where}:{line or exc.lineno}"
+        raise SourceError(
+            f"{at}: not JSON: {exc.msg} (column {exc.colno})", location=Location(task=task)
+        ) from None
+    except RecursionError:
+        raise SourceError(
+            f"{where}{f':{line}' if line else ''}: not JSON this reader can take: nested too deep",
+            location=Location(task=task),
+        ) from None
+
+
+def _record(release: Release, where: str, item: Any, convert: Callable) -> Any:
+    """``convert(item)`` for one record of a release file; a missing key or a value of another
+    kind is one line naming ``where`` (the file and the record)."""
+    try:
+        return convert(item)
+    except KeyError as exc:
+        raise release.error(where, f"no {exc.args[0]!r}") from None
+    except (TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise release.error(where, f"not the release's layout ({exc})") from None
+
+
+def _records(release: Release, where: str, items: Any, convert: Callable, what: str) -> list:
+    """``convert`` applied to each item of a release's JSON list (see :func:`_record`)."""
+    if not isinstance(items, list):
+        raise release.error(where, f"expected a JSON list of {what}s, found {type(items).__name__}")
+    return [_record(release, f"{where}: {what} {i}", item, convert) for i, item in enumerate(items)]
+
+
+def _some(release: Release, where: str, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """``rows`` as they come; a file that gives none is an error naming it (a build that
+    "succeeds" with an empty split would only fail later, at compile)."""
+    n = 0
+    for row in rows:
+        n += 1
+        yield row
+    if n == 0:
+        raise release.error(where, "no rows (an empty file)")
 
 
 def _pairs(release: Release, a: tuple[str, Iterator[str]], b: tuple[str, Iterator[str]]):
@@ -142,6 +237,8 @@ def _story_cloze(release: Release) -> dict[str, Rows]:
 
     def read(name: str) -> list[dict[str, Any]]:
         where, text = release.text(name)
+        if not text.partition("\n")[2].strip():  # the header alone, or nothing
+            raise release.error(where, "no rows (an empty file, or a header alone)")
         reader = csv.reader(io.StringIO(text), skipinitialspace=True)
         next(reader, None)
         rows = []
@@ -187,14 +284,21 @@ _NEWSROOM_FLOAT = ("density", "coverage", "compression")
 def _newsroom(release: Release) -> dict[str, Rows]:
     """NEWSROOM jsonl files (one article per line); dev is the validation split."""
 
+    def article(d: dict[str, Any]) -> dict[str, Any]:
+        row = {k: d[k] for k in (*_NEWSROOM_TEXT, "compression_bin")}
+        row.update({k: float(d[k]) for k in _NEWSROOM_FLOAT})
+        return row
+
     def read(name: str) -> Iterator[dict[str, Any]]:
-        _, lines = release.lines(name)
-        for line in lines:
+        where, lines = release.lines(name)
+        n = 0
+        for i, line in enumerate(lines, 1):
             if line.strip():
-                d = json.loads(line)
-                row = {k: d[k] for k in (*_NEWSROOM_TEXT, "compression_bin")}
-                row.update({k: float(d[k]) for k in _NEWSROOM_FLOAT})
-                yield row
+                d = _json(line, where, release.task, line=i)
+                yield _record(release, f"{where}:{i}", d, article)
+                n += 1
+        if n == 0:
+            raise release.error(where, "no rows (an empty file)")
 
     return {
         "train": read("train.jsonl"),
@@ -211,14 +315,11 @@ def _holdout_split(rows: list[dict[str, Any]]) -> dict[str, Rows]:
 
 
 def _opinion_abstracts(release: Release, filename: str, mapping: Callable) -> dict[str, Rows]:
-    where, text = release.text(filename)
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SourceError(
-            f"{where}: not JSON: {exc}", location=Location(task=release.task)
-        ) from exc
-    return _holdout_split([mapping(item) for item in items])
+    where, items = release.json(filename)
+    rows = _records(release, where, items, mapping, "entry")
+    if not rows:
+        raise release.error(where, "no rows (an empty list)")
+    return _holdout_split(rows)
 
 
 def _idebate(release: Release) -> dict[str, Rows]:
@@ -260,6 +361,8 @@ def _math_dataset(release: Release) -> dict[str, Rows]:
     def read(category: str) -> list[dict[str, Any]]:
         where, stream = release.lines(f"{category}/{_MATH_MODULE}")
         lines = [line for line in stream if line.strip()]
+        if not lines:
+            raise release.error(where, "no rows (an empty file)")
         if len(lines) % 2:
             raise SourceError(
                 f"{where}: odd number of lines; questions and answers must alternate",
@@ -288,7 +391,7 @@ def _para_crawl_enes(release: Release) -> dict[str, Rows]:
                 )
             yield {"translation": {"en": parts[0].strip(), "es": parts[1].strip()}}
 
-    return {"train": rows()}
+    return {"train": _some(release, where, rows())}
 
 
 def _gigaword(release: Release) -> dict[str, Rows]:
@@ -301,7 +404,7 @@ def _gigaword(release: Release) -> dict[str, Rows]:
     def read(split: str, replace_unk: bool) -> Iterator[dict[str, Any]]:
         src = release.lines(f"org_data/{split}.src.txt")
         tgt = release.lines(f"org_data/{split}.tgt.txt")
-        for doc, summary in _pairs(release, src, tgt):
+        for doc, summary in _some(release, src[0], _pairs(release, src, tgt)):
             doc, summary = doc.strip(), summary.strip()
             if replace_unk:
                 doc, summary = doc.replace("<unk>", "UNK"), summary.replace("<unk>", "UNK")
@@ -321,7 +424,7 @@ def _multi_news(release: Release) -> dict[str, Rows]:
     def read(name: str) -> Iterator[dict[str, Any]]:
         src = release.lines(f"{name}.src.cleaned")
         tgt = release.lines(f"{name}.tgt")
-        for doc, summary in _pairs(release, src, tgt):
+        for doc, summary in _some(release, src[0], _pairs(release, src, tgt)):
             yield {
                 "document": doc.strip().replace("NEWLINE_CHAR", "\n"),
                 "summary": summary.strip(),
@@ -334,38 +437,46 @@ _QUAC_FOLLOWUP = {"y": 0, "n": 1, "m": 2}
 _QUAC_YESNO = {"y": 0, "n": 1, "x": 2}
 
 
+def _quac_dialogues(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of one QuAC section: one per dialogue (paragraph)."""
+    rows = []
+    for dialogue in section["paragraphs"]:
+        turns = dialogue["qas"]
+        rows.append(
+            {
+                "dialogue_id": dialogue["id"],
+                "wikipedia_page_title": section.get("title", "").strip(),
+                "background": section.get("background", "").strip(),
+                "section_title": section.get("section_title", "").strip(),
+                "context": dialogue["context"].strip(),
+                "turn_ids": [t["id"] for t in turns],
+                "questions": [t["question"] for t in turns],
+                "followups": [_QUAC_FOLLOWUP[t["followup"]] for t in turns],
+                "yesnos": [_QUAC_YESNO[t["yesno"]] for t in turns],
+                "answers": {
+                    "texts": [[a["text"].strip() for a in t["answers"]] for t in turns],
+                    "answer_starts": [[a["answer_start"] for a in t["answers"]] for t in turns],
+                },
+                "orig_answers": {
+                    "texts": [t["orig_answer"]["text"] for t in turns],
+                    "answer_starts": [t["orig_answer"]["answer_start"] for t in turns],
+                },
+            }
+        )
+    return rows
+
+
 def _quac(release: Release) -> dict[str, Rows]:
     """QuAC v0.2 JSON (SQuAD-shaped): one row per dialogue, turn-level lists as in allenai/quac."""
 
     def read(name: str) -> list[dict[str, Any]]:
-        _, text = release.text(name)
-        rows = []
-        for section in json.loads(text)["data"]:
-            for dialogue in section["paragraphs"]:
-                turns = dialogue["qas"]
-                rows.append(
-                    {
-                        "dialogue_id": dialogue["id"],
-                        "wikipedia_page_title": section.get("title", "").strip(),
-                        "background": section.get("background", "").strip(),
-                        "section_title": section.get("section_title", "").strip(),
-                        "context": dialogue["context"].strip(),
-                        "turn_ids": [t["id"] for t in turns],
-                        "questions": [t["question"] for t in turns],
-                        "followups": [_QUAC_FOLLOWUP[t["followup"]] for t in turns],
-                        "yesnos": [_QUAC_YESNO[t["yesno"]] for t in turns],
-                        "answers": {
-                            "texts": [[a["text"].strip() for a in t["answers"]] for t in turns],
-                            "answer_starts": [
-                                [a["answer_start"] for a in t["answers"]] for t in turns
-                            ],
-                        },
-                        "orig_answers": {
-                            "texts": [t["orig_answer"]["text"] for t in turns],
-                            "answer_starts": [t["orig_answer"]["answer_start"] for t in turns],
-                        },
-                    }
-                )
+        where, data = release.json(name)
+        if not isinstance(data, dict) or "data" not in data:
+            raise release.error(where, "expected a JSON object with 'data' (QuAC v0.2)")
+        sections = _records(release, where, data["data"], _quac_dialogues, "section")
+        rows = [row for section in sections for row in section]
+        if not rows:
+            raise release.error(where, "no rows (no dialogues)")
         return rows
 
     return {"train": read("train_v0.2.json"), "validation": read("val_v0.2.json")}
@@ -376,11 +487,17 @@ def _samsum(release: Release) -> dict[str, Rows]:
     {id, summary, dialogue}; val is the validation split."""
 
     def read(name: str) -> list[dict[str, Any]]:
-        _, text = release.text(name)
-        return [
-            {"id": str(d["id"]), "dialogue": d["dialogue"], "summary": d["summary"]}
-            for d in json.loads(text)
-        ]
+        where, items = release.json(name)
+        rows = _records(
+            release,
+            where,
+            items,
+            lambda d: {"id": str(d["id"]), "dialogue": d["dialogue"], "summary": d["summary"]},
+            "dialogue",
+        )
+        if not rows:
+            raise release.error(where, "no rows (an empty list)")
+        return rows
 
     return {"train": read("train.json"), "validation": read("val.json"), "test": read("test.json")}
 
@@ -408,7 +525,7 @@ def _cot_tsv(filename: str) -> Callable[[Release], dict[str, Rows]]:
                 question, answer, rationale = (p.replace("\\n", "\n").strip() for p in parts)
                 yield {"question": question, "answer": answer, "rationale": rationale}
 
-        return {"train": rows()}
+        return {"train": _some(release, where, rows())}
 
     return convert
 

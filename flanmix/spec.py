@@ -8,6 +8,8 @@ formats examples are written. See ``mixtures/flan2021.yaml`` for a commented exa
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,15 +38,32 @@ class Mixing(_Model):
     method: Literal["examples_proportional", "weights"] = "examples_proportional"
     max_rate: int | None = Field(default=3000, ge=1)
     weights: dict[str, float] = Field(default_factory=dict)
-    default_weight: float = Field(default=1.0, ge=0)
+    default_weight: float = 1.0  # a finite number >= 0 (checked below)
 
     @field_validator("weights")
     @classmethod
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
         for name, w in value.items():
-            if not w >= 0 or w == float("inf"):  # NaN compares false with everything
-                raise ValueError(f"weight of {name!r} must be a finite number >= 0, got {w}")
+            _check_weight(w, f"weight of {name!r}")
+        total = sum(value.values())
+        if not math.isfinite(total):  # each one finite, but 1e308 + 1e308 is inf
+            raise ValueError(
+                f"weights sum to more than the largest number a float holds ({sys.float_info.max:.3g});"
+                " only their ratios matter: scale them down"
+            )
         return value
+
+    @field_validator("default_weight")
+    @classmethod
+    def _default_positive(cls, value: float) -> float:
+        return _check_weight(value, "default_weight")
+
+
+def _check_weight(w: float | None, what: str) -> float | None:
+    """A weight is a finite number >= 0 (``.nan`` and ``.inf`` are floats YAML reads)."""
+    if w is not None and not (w >= 0 and math.isfinite(w)):  # NaN compares false with everything
+        raise ValueError(f"{what} must be a finite number >= 0, got {w}")
+    return w
 
 
 class Submix(_Model):
@@ -52,7 +71,8 @@ class Submix(_Model):
 
     name: str = Field(pattern=ID_PATTERN)
     weight: float | None = Field(
-        default=None, ge=0, description="rate in the parent; default: its size"
+        default=None,
+        description="rate in the parent (a finite number >= 0); default: its size",
     )
     clusters: list[str] | Literal["all"] = Field(default_factory=list)
     tasks: list[str] = Field(default_factory=list)
@@ -60,6 +80,11 @@ class Submix(_Model):
     cap: int | None = Field(default=None, ge=1, description="overrides the parent's per-task cap")
     mixing: Mixing | None = None
     submixes: list[Submix] = Field(default_factory=list)
+
+    @field_validator("weight")
+    @classmethod
+    def _weight_positive(cls, value: float | None) -> float | None:
+        return _check_weight(value, "weight")
 
 
 class Holdout(_Model):

@@ -8,8 +8,14 @@ lists:
 - every shard path is a plain file name inside the folder (no ``../``, no absolute path, no link);
 - every shard's sha256 (streamed, 1 MiB at a time) and byte size match;
 - the row count of each shard's file (from its Parquet footer / Arrow stream) matches the manifest;
+- each shard's Arrow schema (from the same footer) is the mixture's: the columns of
+  :data:`flanmix.mixture.SCHEMA`, their types, no nulls allowed where a row needs a value;
 - no data file (``.parquet``, ``.arrow``, ``.jsonl``, ``.json``, ``.csv``) is left unlisted, because
   ``datasets.load_dataset(folder)`` would read it.
+
+``flanmix verify`` also reads every row for what the footer cannot say: no null ``inputs`` or
+``targets`` (or any other required column), and an ``answer_index`` within ``[0, len(options))``
+wherever ``options`` is set.
 
 Readers call :func:`open_verified`, which raises the first problem as a one-line located error;
 ``--no-verify`` skips the hashing (for a mixture too large to re-read every time).
@@ -21,21 +27,92 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import Location, MixtureError
-from .mixture import MANIFEST, SPLITS, Mixture, manifest_errors, sha256_file
+from .mixture import MANIFEST, SCHEMA, SPLITS, Mixture, manifest_errors, sha256_file
 
 DATA_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json", ".csv")
 SIDE_FILES = {MANIFEST, "stats.json"}
 
 
-def _shard_rows(path: Path, file_format: str) -> int:
+def _shard_footer(path: Path, file_format: str) -> tuple[int, Any]:
+    """A shard's row count and Arrow schema, from its Parquet footer (no row is read) or its
+    Arrow stream."""
     import pyarrow as pa
 
     if file_format == "parquet":
         import pyarrow.parquet as pq
 
-        return pq.ParquetFile(path).metadata.num_rows
+        with pq.ParquetFile(path) as f:
+            return f.metadata.num_rows, f.schema_arrow
     with pa.memory_map(str(path)) as source:
-        return sum(b.num_rows for b in pa.ipc.open_stream(source))
+        reader = pa.ipc.open_stream(source)
+        return sum(b.num_rows for b in reader), reader.schema
+
+
+def _same_type(got: Any, want: Any) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_list(got) and pa.types.is_list(want):  # the item's name is the writer's choice
+        return _same_type(got.value_type, want.value_type)
+    return got.equals(want)
+
+
+def schema_problem(schema: Any) -> str | None:
+    """How a shard's Arrow schema differs from the mixture's (:data:`flanmix.mixture.SCHEMA`):
+    a missing or extra column, another type, or nulls allowed where every row needs a value."""
+    names = set(schema.names)
+    for want in SCHEMA:
+        if want.name not in names:
+            return f"no {want.name!r} column"
+    extra = [n for n in schema.names if n not in SCHEMA.names]
+    if extra:
+        return f"unexpected column {extra[0]!r}"
+    if len(schema.names) != len(names):
+        dup = next(n for n in schema.names if schema.names.count(n) > 1)
+        return f"column {dup!r} appears twice"
+    for want in SCHEMA:
+        got = schema.field(want.name)
+        if not _same_type(got.type, want.type):
+            return f"column {want.name!r} is {got.type}, the mixture schema says {want.type}"
+        if got.nullable and not want.nullable:
+            return f"column {want.name!r} allows nulls, the mixture schema requires a value"
+    return None
+
+
+def row_problem(mixture: Mixture, shard: dict[str, Any]) -> str | None:
+    """The first row of a shard that breaks an invariant readers rely on: a null in a column
+    that needs a value, ``answer_index`` outside ``[0, len(options))`` or missing when
+    ``options`` is set. Reads the shard (``flanmix verify`` only, not every open)."""
+    import pyarrow.compute as pc
+
+    required = [f.name for f in SCHEMA if not f.nullable]
+    offset = 0
+    for batch in mixture.iter_shard(shard, columns=[*required, "options", "answer_index"]):
+        for name in required:
+            column = batch.column(name)
+            if column.null_count:
+                i = pc.index(column.is_null(), True).as_py()
+                return f"row {offset + i}: {name} is null"
+        options, answer = batch.column("options"), batch.column("answer_index")
+        n = pc.list_value_length(options)
+        bad = pc.and_kleene(
+            options.is_valid(),
+            pc.or_kleene(
+                answer.is_null(),
+                pc.or_kleene(pc.less(answer, 0), pc.greater_equal(answer, n)),
+            ),
+        )
+        if pc.any(bad).as_py():
+            i = pc.index(bad, True).as_py()
+            got = answer[i].as_py()
+            count = n[i].as_py()
+            if got is None:
+                return f"row {offset + i}: answer_index is null but the row has {count} options"
+            return (
+                f"row {offset + i}: answer_index {got} is outside the row's {count} options "
+                f"(0 to {count - 1})"
+            )
+        offset += batch.num_rows
+    return None
 
 
 def manifest_problems(manifest: Any) -> list[str]:
@@ -86,8 +163,11 @@ def manifest_problems(manifest: Any) -> list[str]:
     return problems
 
 
-def mixture_problems(mixture: Mixture, *, hashes: bool = True) -> list[str]:
-    """Every problem found in a mixture folder (empty when it is intact)."""
+def mixture_problems(mixture: Mixture, *, hashes: bool = True, rows: bool = False) -> list[str]:
+    """Every problem found in a mixture folder (empty when it is intact).
+
+    Each shard's schema is checked from its footer whatever ``hashes`` says; ``rows`` also reads
+    every row for the invariants of :func:`row_problem` (``flanmix verify``)."""
     problems = manifest_problems(mixture.manifest)
     if problems:
         return problems
@@ -111,12 +191,16 @@ def mixture_problems(mixture: Mixture, *, hashes: bool = True) -> list[str]:
                 problems.append(f"{name}: sha256 mismatch (file changed after compile)")
             else:
                 try:
-                    rows = _shard_rows(path, mixture.file_format)
+                    count, schema = _shard_footer(path, mixture.file_format)
                 except Exception as exc:  # noqa: BLE001 - any reader error means a corrupt shard
                     problems.append(f"{name}: unreadable ({type(exc).__name__})")
                     continue
-                if rows != shard["rows"]:
-                    problems.append(f"{name}: {rows} rows, the manifest says {shard['rows']}")
+                if count != shard["rows"]:
+                    problems.append(f"{name}: {count} rows, the manifest says {shard['rows']}")
+                else:
+                    bad = schema_problem(schema) or (rows and row_problem(mixture, shard))
+                    if bad:
+                        problems.append(f"{name}: {bad}")
     if hashes and not problems:
         problems += content_problems(mixture)
     for path in sorted(mixture.path.rglob("*")):

@@ -313,6 +313,17 @@ def test_rows_without_references_and_wrong_shots_are_errors(tmp_path, mixture):
     assert not (tmp_path / "e").exists()
 
 
+def test_an_answer_index_outside_the_options_is_an_error_not_a_score(tmp_path):
+    from flanmix.evaluate import EvaluateError
+
+    rows = sentiment_rows()
+    rows[5]["answer_index"] = 7
+    bad = write_mixture(tmp_path / "bad", {"train": copy_rows(), "eval": rows})
+    with pytest.raises(EvaluateError, match="answer_index 7 is outside the row's 2 options"):
+        evaluate("tiny", bad, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
 def test_results_folder_of_another_run_is_refused_and_nothing_half_written(
     mixture, tmp_path, tiny, monkeypatch
 ):

@@ -729,6 +729,130 @@ def test_disk_full_during_export_is_one_line_and_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def _edited_mixture(path: Path, edit, *, fmt: str = "parquet") -> Path:
+    """A toy mixture whose eval shard ``edit`` rewrote (rows and schema), the manifest's sha256,
+    bytes and rows updated to match: only a schema or row check can tell."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flanmix.mixture import SCHEMA, sha256_file
+    from tests.toy_mixture import copy_rows, sentiment_rows, write_mixture
+
+    write_mixture(path, {"train": copy_rows(), "eval": sentiment_rows()[:4] + copy_rows()[:2]})
+    m = json.loads((path / "manifest.json").read_text())
+    shard = m["splits"]["eval"]["shards"][0]
+    rows, schema = edit(pq.read_table(path / shard["file"]).to_pylist(), SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    if fmt == "arrow":
+        m["file_format"] = "arrow"
+        for split in m["splits"].values():
+            for sh in split["shards"]:
+                old = path / sh["file"]
+                t = table if sh is shard else pq.read_table(old)
+                old.unlink()
+                sh["file"] = sh["file"].replace(".parquet", ".arrow")
+                sink = pa.OSFile(str(path / sh["file"]), "wb")
+                with sink, pa.ipc.new_stream(sink, t.schema) as w:
+                    w.write_table(t)
+    else:
+        pq.write_table(table, path / shard["file"])
+    for split in m["splits"].values():
+        for sh in split["shards"]:
+            sh["sha256"] = sha256_file(path / sh["file"])
+            sh["bytes"] = (path / sh["file"]).stat().st_size
+    shard["rows"] = m["splits"]["eval"]["rows"] = table.num_rows
+    (path / "manifest.json").write_text(json.dumps(m))
+    return path
+
+
+def _set(column, value, index=0):
+    def edit(rows, schema):
+        rows[index][column] = value
+        return rows, schema
+
+    return edit
+
+
+def _field(i, field, value=None):
+    def edit(rows, schema):
+        for r in rows:
+            r[field.name] = value(r) if value else r[field.name]
+        return rows, schema.set(i, field)
+
+    return edit
+
+
+def _drop(column):
+    def edit(rows, schema):
+        return [{k: v for k, v in r.items() if k != column} for r in rows], schema.remove(
+            schema.get_field_index(column)
+        )
+
+    return edit
+
+
+def _nullable_inputs(rows, schema):
+    import pyarrow as pa
+
+    rows[1]["inputs"] = None
+    return rows, schema.set(0, pa.field("inputs", pa.string()))
+
+
+def _int_inputs(rows, schema):
+    import pyarrow as pa
+
+    for i, r in enumerate(rows):
+        r["inputs"] = i
+    return rows, schema.set(0, pa.field("inputs", pa.int64(), nullable=False))
+
+
+SCHEMA_EDITS = {  # caught from the footer, on every open
+    "options dropped": (_drop("options"), "no 'options' column"),
+    "null inputs": (_nullable_inputs, "column 'inputs' allows nulls"),
+    "int inputs": (_int_inputs, "column 'inputs' is int64, the mixture schema says string"),
+}
+ROW_EDITS = {  # caught by 'flanmix verify' reading the rows
+    "answer_index 7": (_set("answer_index", 7, 2), "row 2: answer_index 7 is outside the row's 2 options"),
+    "answer_index -1": (_set("answer_index", -1), "row 0: answer_index -1 is outside"),
+    "answer_index null": (_set("answer_index", None, 1), "row 1: answer_index is null but the row has 2 options"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SCHEMA_EDITS))
+def test_a_shard_with_another_schema_fails_verify_and_every_reader(tmp_path, capsys, case):
+    edit, expected = SCHEMA_EDITS[case]
+    mix = _edited_mixture(tmp_path / "mix", edit)
+    assert main(["verify", str(mix)]) == 1
+    out = capsys.readouterr().out
+    assert f"{mix}: eval-00000-of-00001.parquet: {expected}" in out, out
+    for argv in (["export", str(mix), "-o", str(tmp_path / "e")], ["export", str(mix), "-o", str(tmp_path / "e"), "--no-verify"]):  # fmt: skip
+        assert main(argv) == 2
+        line = _one_line_error(capsys)
+        assert "eval-00000-of-00001.parquet: " + expected in line, line
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("case", list(ROW_EDITS))
+def test_verify_names_the_shard_and_first_row_breaking_an_invariant(tmp_path, capsys, case):
+    edit, expected = ROW_EDITS[case]
+    mix = _edited_mixture(tmp_path / "mix", edit)
+    assert main(["verify", str(mix)]) == 1
+    out = capsys.readouterr().out
+    assert f"{mix}: eval-00000-of-00001.parquet: {expected}" in out, out
+
+
+def test_verify_finds_nulls_an_arrow_shard_declares_impossible(tmp_path, capsys):
+    mix = _edited_mixture(tmp_path / "mix", _set("targets", None, 3), fmt="arrow")
+    assert main(["verify", str(mix)]) == 1
+    out = capsys.readouterr().out
+    assert "eval-00000-of-00001.arrow: row 3: targets is null" in out, out
+
+
+def test_verify_passes_an_intact_toy_mixture(tmp_path, capsys):
+    mix = _edited_mixture(tmp_path / "mix", lambda rows, schema: (rows, schema), fmt="arrow")
+    assert main(["verify", str(mix)]) == 0, capsys.readouterr().out
+
+
 def test_a_manifest_with_missing_keys_is_one_line(tmp_path, built, capsys):
     mix = _copy(built, tmp_path / "mix")
     m = json.loads((mix / "manifest.json").read_text())
@@ -736,6 +860,18 @@ def test_a_manifest_with_missing_keys_is_one_line(tmp_path, built, capsys):
     (mix / "manifest.json").write_text(json.dumps(m))
     assert main(["inspect", str(mix)]) == 2
     assert "manifest.json is incomplete" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "null", '"x"', "1", "[" * 100000 + "]" * 100000])
+@pytest.mark.parametrize("command", ["verify", "inspect", "export"])
+def test_a_manifest_that_is_not_a_json_object_is_one_line(tmp_path, built, capsys, text, command):
+    mix = _copy(built, tmp_path / "mix")
+    (mix / "manifest.json").write_text(text)
+    argv = [command, str(mix)] + (["-o", str(tmp_path / "e")] if command == "export" else [])
+    assert main(argv) == 2
+    line = _one_line_error(capsys)
+    assert str(mix / "manifest.json") in line
+    assert "manifest.json is not a JSON object" in line or "nested too deep" in line, line
 
 
 def test_promptsource_files_bad_bytes_and_deep_nesting(tmp_path):

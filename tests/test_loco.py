@@ -90,7 +90,9 @@ BROKEN = {
     "path outside": (_escape, "mixtures.qa.path: must be a folder name inside the root"),
     "version": (_version, "format version 99 is not supported"),
     "no mixtures": (_no_mixtures, "invalid leave-one-cluster-out index: mixtures: "),
-    "not an object": (lambda d: "[1, 2]", "invalid leave-one-cluster-out index: (top level): "),
+    "not an object": (lambda d: "[1, 2]", "loco.json is not a JSON object (it holds an array)"),
+    "null": (lambda d: "null", "loco.json is not a JSON object (it holds null)"),
+    "too deep": (lambda d: "[" * 100000 + "]" * 100000, "unreadable leave-one-cluster-out index: JSON nested too deep"),
     "bad JSON": (lambda d: '{\n  "kind": "leave_one_cluster_out",\n  oops\n}', "loco.json:3: unreadable leave-one-cluster-out index: Expecting"),
 }  # fmt: skip
 

@@ -198,6 +198,50 @@ def test_bad_files_are_located_errors(tmp_path, content, message, row):
     assert loc.file == str(path) and loc.line == 1 and loc.row == row
 
 
+@pytest.mark.parametrize(
+    "content, message, row",
+    [
+        (
+            '{"Definition": ["x"], "Reasoning": '
+            + "[" * 100000
+            + "]" * 100000
+            + ', "Instances": []}',
+            "the value of 'Reasoning' is nested too deep",
+            None,
+        ),
+        (
+            '{"Definition": ["x"], "Instances": [{"input": "a", "output": ["b"]}, '
+            + "[" * 100000
+            + "]" * 100000
+            + "]}",
+            "instance 1 is nested too deep",
+            1,
+        ),
+    ],
+)
+def test_deep_nesting_is_a_located_error_not_a_recursion_error(tmp_path, content, message, row):
+    path = _write(tmp_path / "task1_deep.json", content)
+    for read in (count_instances, lambda p: read_rows(p, [0, 1])):
+        with pytest.raises(NIv2Error, match=message) as info:
+            read(path)
+        loc = info.value.location
+        assert loc.file == str(path) and loc.line == 1 and loc.row == row
+
+
+def test_import_of_a_deeply_nested_file_is_one_line(tree, tmp_path, capsys):
+    doc = json.loads((tree / "tasks/task001_fixture_question_generation.json").read_text())
+    doc["Reasoning"] = ["placeholder"]
+    text = json.dumps(doc).replace('["placeholder"]', "[" * 100000 + "]" * 100000)
+    path = _write(tmp_path / "tasks/task900_x.json", text)
+    assert (
+        main(["import", "natural-instructions", str(path.parent), "-o", str(tmp_path / "o")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith(f"flanmix import: error: {path}:1: the value of 'Reasoning' is nested")
+    assert not (tmp_path / "o").exists()
+
+
 def test_error_line_is_the_instance_line(tmp_path):
     doc = task("Do it.", ["Misc."], [], [("a", "b"), ("c", "d"), ("e", "f")])
     doc["Instances"][2]["output"] = []

@@ -333,3 +333,88 @@ def test_cot_tsv_restores_line_breaks_and_refuses_a_short_line(tmp_path):
     with pytest.raises(SourceError, match="line 1: 2 tab-separated columns, expected 3"):
         build(_task("cot_qed"), bad, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+STORY_VAL = "cloze_test_val__spring2016 - cloze_test_ALL_val.csv"
+
+
+def _story_cloze_with(tmp_path, change) -> Path:
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / "story_cloze", src)
+    val = src / STORY_VAL
+    val.write_bytes(change(val.read_bytes()))
+    return src
+
+
+def _last_answer(value: bytes):
+    def change(data: bytes) -> bytes:
+        lines = data.splitlines()
+        lines[2] = lines[2].rsplit(b",", 1)[0] + b"," + value
+        return b"\n".join(lines) + b"\n"
+
+    return change
+
+
+STORY_CLOZE_BREAKS = {
+    "answer 'one'": (_last_answer(b"one"), "ALL_val.csv line 3: AnswerRightEnding is 'one'"),
+    "answer empty": (_last_answer(b""), "ALL_val.csv line 3: AnswerRightEnding is ''"),
+    "latin-1 byte": (lambda d: d.replace(b"a", b"\xe9", 1), "ALL_val.csv: not UTF-8 text (byte 0xe9 at offset {at})"),
+    "random bytes": (lambda d: b"ok\xff\xfe\x00\x81" * 50, "ALL_val.csv: not UTF-8 text (byte 0xff at offset 2)"),
+    "empty file": (lambda d: b"", "ALL_val.csv: no rows (an empty file, or a header alone)"),
+    "header only": (lambda d: d.splitlines(keepends=True)[0], "ALL_val.csv: no rows"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(STORY_CLOZE_BREAKS))
+def test_a_broken_story_cloze_csv_is_one_line_naming_the_file(tmp_path, capsys, case):
+    change, expected = STORY_CLOZE_BREAKS[case]
+    src = _story_cloze_with(tmp_path, change)
+    at = (FIXTURES / "story_cloze" / STORY_VAL).read_bytes().index(b"a")
+    out = tmp_path / "out"
+    assert main(["sources", "build", "story_cloze", "--from", str(src), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) <= 2, err
+    assert str(src / STORY_VAL) in err.splitlines()[0]
+    assert expected.format(at=at) in err.splitlines()[0], err
+    assert not out.exists()
+
+
+def test_a_bad_byte_deep_in_a_streamed_file_is_located_by_its_offset(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    data = b"".join(f"h\xc3\xa9llo {i}\thol\xc3\xa1 {i}\n".encode("latin-1") for i in range(5000))
+    at = len(data) - 1000
+    (src / "en-es.txt").write_bytes(data[:at] + b"\xff" + data[at:])
+    with pytest.raises(
+        SourceError, match=rf"en-es.txt: not UTF-8 text \(byte 0xff at offset {at}\)"
+    ):
+        build(_task("para_crawl_enes"), src, tmp_path / "out")
+
+
+def _write_json(text: str):
+    return lambda folder: folder.joinpath("train.json").write_text(text)
+
+
+OTHER_BREAKS = {  # task, fixture, change to a copy of the fixture, the message
+    "samsum missing key": ("samsum", "samsum", _write_json('[{"id": 1}]'), "train.json: dialogue 0: no 'dialogue'"),
+    "samsum not a list": ("samsum", "samsum", _write_json('{"a": 1}'), "train.json: expected a JSON list of dialogues"),
+    "samsum not JSON": ("samsum", "samsum", _write_json("[] x"), "train.json:1: not JSON: Extra data"),
+    "samsum empty": ("samsum", "samsum", _write_json("[]"), "train.json: no rows"),
+    "quac missing key": ("quac", "quac", lambda f: f.joinpath("train_v0.2.json").write_text('{"data": [{"paragraphs": [{"id": 1}]}]}'), "train_v0.2.json: section 0: no 'qas'"),
+    "newsroom bad line": ("newsroom", "newsroom", lambda f: f.joinpath("dev.jsonl").write_text('{"text": "a"}\n'), "dev.jsonl:1: no 'summary'"),
+    "newsroom not JSON": ("newsroom", "newsroom", lambda f: f.joinpath("dev.jsonl").write_text("\nnope\n"), "dev.jsonl:2: not JSON"),
+    "cot empty": ("cot_creak", "cot", lambda f: f.joinpath("creak_train.tsv").write_text(""), "creak_train.tsv: no rows"),
+    "gigaword empty": ("gigaword", "gigaword", lambda f: [f.joinpath(f"org_data/dev.{s}.txt").write_text("") for s in ("src", "tgt")], "dev.src.txt: no rows"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(OTHER_BREAKS))
+def test_other_converters_refuse_broken_files_in_one_line(tmp_path, case):
+    task, fixture, change, expected = OTHER_BREAKS[case]
+    src = tmp_path / "src"
+    shutil.copytree(FIXTURES / fixture, src)
+    change(src)
+    with pytest.raises(SourceError) as info:
+        build(_task(task), src, tmp_path / "out")
+    assert expected in str(info.value) and str(src) in str(info.value), str(info.value)
+    assert not (tmp_path / "out").exists()
