@@ -57,6 +57,25 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 64
 #: Files larger than this are refused before they are read (FLANMIX_MAX_YAML_BYTES).
 MAX_BYTES = int(os.environ.get("FLANMIX_MAX_YAML_BYTES", 16 << 20))
+#: A document with more values than this is refused before it is built: the bytes cap alone does
+#: not bound memory (a 14.5 MB flow list of 7 million ones took 5 GB and 55 s to load). A task
+#: file of the library holds a few hundred; NIv2's whole clusters.yaml a few thousand.
+MAX_NODES = 250_000
+#: A value takes at least two characters ("1,"), so a shorter document cannot hold more than
+#: MAX_NODES values: only longer ones are counted (task files are a few kB)
+COUNT_ABOVE = 2 * MAX_NODES
+
+
+def _count_nodes(text: str, limit: int) -> int:
+    """Values (scalars, sequences, mappings) in ``text``, counted from the parser's events
+    without building them; stops once over ``limit``."""
+    n = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent, yaml.AliasEvent)):
+            n += 1
+            if n > limit:
+                break
+    return n
 
 
 def _walk(node: yaml.Node, path: PathKey, lines: LineMap, visited: set[int] | None = None) -> None:
@@ -142,6 +161,12 @@ def load_yaml(path: str | Path, text: str | None = None) -> tuple[Any, LineMap]:
             ) from exc
     lines = LineMap(file=shown)
     try:
+        if len(text) > COUNT_ABOVE and _count_nodes(text, MAX_NODES) > MAX_NODES:
+            raise TaskFileError(
+                f"YAML holds more than {MAX_NODES:,} values",
+                location=Location(file=shown),
+                hint="a task file holds templates and a few sample rows; keep data in sources",
+            )
         loader = _Loader(text)
         try:
             node = loader.get_single_node()

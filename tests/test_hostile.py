@@ -940,3 +940,17 @@ def test_a_huge_integer_literal_is_one_located_line_in_every_command(tmp_path, c
     assert main([*args, "--root", str(tmp_path)]) == 2
     line = _one_line_error(capsys)
     assert "huge_integer_literal.yaml:17 " in line and where in line, line  # the template
+
+
+def test_a_yaml_file_of_millions_of_values_is_refused_before_it_is_built(tmp_path):
+    """The 16 MB cap alone let a flow list of 7 million ones take 5 GB and a minute to load."""
+    import resource
+
+    from flanmix.yamlio import MAX_NODES, load_yaml
+
+    path = tmp_path / "big.yaml"
+    path.write_text("id: x\nmetadata:\n  pad: [" + ",".join(["1"] * (2 * MAX_NODES)) + "]\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(FlanmixError, match="more than 250,000 values"):
+        load_yaml(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB
