@@ -7,6 +7,7 @@ all instead of stopping at the first (see :mod:`flanmix.lint`).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -197,17 +198,56 @@ def read_clusters(path: str | Path) -> tuple[ClustersFile, LineMap]:
 
 
 def iter_task_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Task files under the given files/directories, sorted; clusters.yaml files are not tasks."""
+    """Task files under the given files/directories, sorted; clusters.yaml files are not tasks.
+
+    Hidden files and folders (``.git``, editors' ``.#x.yaml``) are not task files. A link is read
+    only where it points inside the folder given (a link to a folder there is not followed: its
+    files are reached by their own path); one that points outside it is an error, so that a
+    library never reads files from elsewhere without a word."""
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            for f in sorted(list(p.rglob("*.yaml")) + list(p.rglob("*.yml"))):
-                if f.name != CLUSTERS_FILE:
-                    yield f
+            yield from _task_files_under(p)
         elif p.exists():
             yield p
         else:
             raise CatalogError(f"no such file or directory: {p}", location=Location(file=str(p)))
+
+
+def _task_files_under(root: Path) -> list[Path]:
+    real_root = root.resolve()
+    found = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        for name in list(dirs):
+            link = here / name
+            if name.startswith(".") or link.is_symlink():
+                dirs.remove(name)
+                if not name.startswith(".") and not _inside_root(link, real_root):
+                    raise _outside(link)
+        for name in files:
+            path = here / name
+            if name.startswith(".") or not name.endswith((".yaml", ".yml")):
+                continue
+            if name == CLUSTERS_FILE:
+                continue
+            if path.is_symlink() and not _inside_root(path, real_root):
+                raise _outside(path)
+            found.append(path)
+    return sorted(found)
+
+
+def _inside_root(link: Path, real_root: Path) -> bool:
+    target = link.resolve()
+    return target == real_root or real_root in target.parents
+
+
+def _outside(link: Path) -> CatalogError:
+    return CatalogError(
+        f"links to {os.readlink(link)}, outside the task library",
+        location=Location(file=str(link)),
+        hint="copy the file into the library, or point flanmix at the folder that holds it",
+    )
 
 
 @dataclass

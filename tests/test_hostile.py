@@ -954,3 +954,23 @@ def test_a_yaml_file_of_millions_of_values_is_refused_before_it_is_built(tmp_pat
     with pytest.raises(FlanmixError, match="more than 250,000 values"):
         load_yaml(path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB
+
+
+def test_task_libraries_read_no_file_from_elsewhere(tmp_path):
+    """A link in task_templates/ to a file outside was read (its lines and keys shown in errors),
+    and files under hidden folders such as .git/ were loaded as tasks."""
+    from flanmix.catalog import iter_task_paths
+
+    lib = tmp_path / "lib" / "task_templates" / "c"
+    lib.mkdir(parents=True)
+    (lib / "t.yaml").write_text("id: t\n")
+    (lib / "same.yaml").symlink_to(lib / "t.yaml")  # inside the library: read
+    (lib.parent / ".git").mkdir()
+    (lib.parent / ".git" / "x.yaml").write_text("id: x\n")
+    (lib / ".#t.yaml").write_text("id: t\n")  # an editor's lock file
+    root = lib.parent
+    assert [p.name for p in iter_task_paths([root])] == ["same.yaml", "t.yaml"]
+    (tmp_path / "secret.yaml").write_text("password: x\n")
+    (lib / "evil.yaml").symlink_to(tmp_path / "secret.yaml")
+    with pytest.raises(FlanmixError, match="outside the task library"):
+        list(iter_task_paths([root]))
