@@ -598,6 +598,15 @@ def _find_clusters_file(paths: list[Path]) -> Path | None:
     return None
 
 
+def _library_root(paths: list[Path]) -> Path | None:
+    """The folder holding ``task_templates/`` when a linted path is (or is in) that folder."""
+    for p in paths:
+        for parent in [p.resolve(), *p.resolve().parents]:
+            if parent.name == TEMPLATES_DIR:
+                return parent.parent
+    return None
+
+
 def lint_paths(
     paths: Iterable[str | Path],
     *,
@@ -646,6 +655,21 @@ def lint_paths(
             for p in paths
         )
         _lint_clusters(cpath, tasks, whole, out)
+    elif library := _library_root(paths):
+        # list, preview and compile take the clusters from the task files then, with no check of
+        # membership, overlap groups, related or built_from: say so
+        where = library / CLUSTERS_FILE
+        bad = where.exists() or where.is_symlink()
+        out.append(
+            Finding.at(
+                "error" if bad else "warning",
+                "clusters-missing",
+                Location(file=str(where)),
+                "is not a regular file" if bad else "no clusters.yaml beside task_templates/",
+                "clusters.yaml lists each cluster's tasks; without it, membership, overlap "
+                "groups, related and built_from are not checked",
+            )
+        )
     report.seconds = time.perf_counter() - start
     return report
 

@@ -182,3 +182,18 @@ def test_lowercases_names_looks_at_whole_fields_with_names():
     ]
     assert _capitalized_words(["Washing a dog. Then I said I'm fine", "(Daily) news"]) == []
     assert _capitalized_words(["we met Ana Lima at the BBC."]) == ["Ana", "Lima", "BBC"]
+
+
+def test_a_library_without_its_clusters_yaml_is_said(tmp_path):
+    """lint said OK without clusters.yaml (its checks silently off), and OK with a folder there,
+    where list and compile fail."""
+    import shutil
+
+    lib = tmp_path / "task_templates" / "c"
+    lib.mkdir(parents=True)
+    shutil.copy(REPO / "task_templates" / "sentiment" / "sst2.yaml", lib)
+    codes = [(f.severity, f.code) for f in lint_paths([tmp_path / "task_templates"]).findings]
+    assert ("warning", "clusters-missing") in codes
+    (tmp_path / "clusters.yaml").mkdir()
+    report = lint_paths([tmp_path / "task_templates"])
+    assert ("error", "clusters-missing") in [(f.severity, f.code) for f in report.findings]
