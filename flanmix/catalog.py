@@ -197,24 +197,32 @@ def read_clusters(path: str | Path) -> tuple[ClustersFile, LineMap]:
         raise TaskFileError(msg, location=loc.with_(task=None), hint=hint or None) from exc
 
 
-def iter_task_paths(paths: Iterable[str | Path]) -> Iterator[Path]:
+def iter_task_paths(paths: Iterable[str | Path], *, outside_ok: bool = False) -> Iterator[Path]:
     """Task files under the given files/directories, sorted; clusters.yaml files are not tasks.
 
     Hidden files and folders (``.git``, editors' ``.#x.yaml``) are not task files. A link is read
     only where it points inside the folder given (a link to a folder there is not followed: its
     files are reached by their own path); one that points outside it is an error, so that a
-    library never reads files from elsewhere without a word."""
+    library never reads files from elsewhere without a word (``outside_ok``: yielded instead,
+    for a caller that reports it without reading it, as lint does: :func:`outside_link`)."""
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            yield from _task_files_under(p)
+            yield from _task_files_under(p, outside_ok)
         elif p.exists():
             yield p
         else:
             raise CatalogError(f"no such file or directory: {p}", location=Location(file=str(p)))
 
 
-def _task_files_under(root: Path) -> list[Path]:
+def outside_link(path: Path, roots: Iterable[Path]) -> bool:
+    """Whether ``path`` is a link that points outside every folder of ``roots``."""
+    return path.is_symlink() and not any(
+        _inside_root(path, r.resolve()) for r in roots if r.is_dir()
+    )
+
+
+def _task_files_under(root: Path, outside_ok: bool = False) -> list[Path]:
     real_root = root.resolve()
     found = []
     for folder, dirs, files in os.walk(root):
@@ -231,7 +239,7 @@ def _task_files_under(root: Path) -> list[Path]:
                 continue
             if name == CLUSTERS_FILE:
                 continue
-            if path.is_symlink() and not _inside_root(path, real_root):
+            if path.is_symlink() and not outside_ok and not _inside_root(path, real_root):
                 raise _outside(path)
             found.append(path)
     return sorted(found)

@@ -9,6 +9,7 @@ library's standard) and ``info`` (worth knowing, e.g. a dataset that needs a man
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import time
 from collections import Counter, defaultdict
@@ -20,7 +21,14 @@ from typing import Any
 from jinja2 import nodes
 from pydantic import ValidationError
 
-from .catalog import CLUSTERS_FILE, TEMPLATES_DIR, TaskFile, iter_task_paths, validation_problems
+from .catalog import (
+    CLUSTERS_FILE,
+    TEMPLATES_DIR,
+    TaskFile,
+    iter_task_paths,
+    outside_link,
+    validation_problems,
+)
 from .errors import FlanmixError, Location, did_you_mean
 from .render import (
     ANSWER_CHOICES,
@@ -624,8 +632,20 @@ def lint_paths(
     report = LintReport()
     out = report.findings
     task_files: dict[str, list[TaskFile]] = defaultdict(list)
-    for path in iter_task_paths(paths):
+    for path in iter_task_paths(paths, outside_ok=True):
         report.files += 1
+        if outside_link(path, paths):  # never read: a library reads no file from elsewhere
+            where = Location(file=str(path))
+            out.append(
+                Finding.at(
+                    "error",
+                    "outside-link",
+                    where,
+                    f"links to {os.readlink(path)}, outside the task library; not read",
+                    "copy the file into the library, or lint the folder that holds it",
+                )
+            )
+            continue
         tf = _read(path, out)
         if tf is None:
             continue

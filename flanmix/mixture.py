@@ -359,17 +359,27 @@ class Mixture:
     def iter_shard(
         self, shard: dict[str, Any], columns: list[str] | None = None, batch_size: int = 8192
     ) -> Iterator[pa.RecordBatch]:
-        """Stream the record batches of one shard (an entry of :meth:`shards`)."""
+        """Stream the record batches of one shard (an entry of :meth:`shards`). A shard that
+        cannot be read (corrupt, truncated: a mixture opened without verifying) is a
+        :class:`MixtureError` naming it, not an error of whatever the caller writes."""
         path = self.path / shard["file"]
-        if self.file_format == "parquet":
-            import pyarrow.parquet as pq
+        try:
+            if self.file_format == "parquet":
+                import pyarrow.parquet as pq
 
-            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
-        else:
-            with pa.memory_map(str(path)) as source:
-                reader = pa.ipc.open_stream(source)
-                for batch in reader:
-                    yield batch.select(columns) if columns else batch
+                yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+            else:
+                with pa.memory_map(str(path)) as source:
+                    reader = pa.ipc.open_stream(source)
+                    for batch in reader:
+                        yield batch.select(columns) if columns else batch
+        except (OSError, pa.ArrowException) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise MixtureError(
+                f"cannot read shard: {first}",
+                location=Location(file=str(path)),
+                hint="check the mixture with 'flanmix verify'; compile it again if it is damaged",
+            ) from None
 
     def iter_rows(self, split: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
         for batch in self.iter_batches(split, columns):

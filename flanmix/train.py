@@ -545,13 +545,35 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 with staging(out) as tmp:
                     write_marker(tmp, "run")
                     return _train(cfg, tmp, mixture, published=out)
+            new = not out.exists()
             out.mkdir(parents=True, exist_ok=True)
             write_marker(out, "run")
-            return _train(cfg, out, mixture)
+            try:
+                return _train(cfg, out, mixture)
+            except BaseException:
+                if new:  # a run that failed before its first checkpoint leaves no folder
+                    _remove_if_empty_run(out)
+                raise
         except OSError as exc:  # disk full, read-only run folder ...
             from .publish import os_error
 
             raise os_error(exc, out) from exc
+
+
+def _remove_if_empty_run(out: Path) -> None:
+    """Remove a run folder this call made if it holds nothing to resume from (no checkpoint):
+    its marker, and the config and log of the steps before the failure."""
+    from .publish import MARKER
+
+    if any((out / "checkpoints").glob("step-*")):
+        return  # resumable: kept
+    for name in (MARKER, "config.yaml", "metrics.jsonl"):
+        with contextlib.suppress(OSError):
+            (out / name).unlink()
+    with contextlib.suppress(OSError):
+        (out / "checkpoints").rmdir()
+    with contextlib.suppress(OSError):
+        out.rmdir()  # only if empty: anything else in it stays
 
 
 def _claim_run(cfg: TrainConfig, mixture: Path) -> Path:

@@ -576,3 +576,32 @@ def test_a_broken_model_folder_is_one_line_for_train(mixture, two_checkpoints, t
     assert main(args + ["--model", str(model)]) == 2
     err = capsys.readouterr().err
     assert "cannot load model" in err and "SafetensorError" in err and "Traceback" not in err
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
+    mixture, tmp_path, monkeypatch
+):
+    """It left a folder holding only its marker, and the same command again said 'already
+    exists'. A damaged shard read without verifying names the shard, not the run folder."""
+    import flanmix.train as T
+
+    def broken(cfg, where, mix, published=None):
+        (where / "metrics.jsonl").write_text('{"step": 1}\n')
+        raise FlanmixError("boom")
+
+    monkeypatch.setattr(T, "_train", broken)
+    with pytest.raises(FlanmixError, match="boom"):
+        run(mixture, tmp_path / "run", "max_steps=2")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.undo()
+    import shutil
+
+    damaged = tmp_path / "mix"
+    shutil.copytree(mixture, damaged)
+    shard = sorted(damaged.glob("train-*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[8 : len(data) - 4096] = bytes(len(data) - 4104)  # the pages, not the footer
+    shard.write_bytes(bytes(data))
+    with pytest.raises(FlanmixError, match="cannot read shard") as err:
+        run(damaged, tmp_path / "run2", "max_steps=2", "verify=false")
+    assert shard.name in str(err.value.location.file) and not (tmp_path / "run2").exists()
