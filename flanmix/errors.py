@@ -52,10 +52,24 @@ class FlanmixError(Exception):
 
     def __str__(self) -> str:
         where = str(self.location)
-        text = f"{where}: {self.message}" if where else self.message
+        message = shortened(self.message)
+        text = f"{where}: {message}" if where else message
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += f"\n  hint: {shortened(self.hint)}"
         return text
+
+
+#: An error's message or hint is cut to this many characters where printed: a message that
+#: quotes a value (an unknown options header) must not echo megabytes of the user's input.
+MAX_MESSAGE_CHARS = 600
+
+
+def shortened(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text``, cut in the middle to ``limit`` characters if longer, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return f"{text[: limit // 2]}[... {cut:,} characters ...]{text[-(limit // 2) :]}"
 
 
 class TaskFileError(FlanmixError):

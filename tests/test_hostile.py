@@ -975,3 +975,16 @@ def test_task_libraries_read_no_file_from_elsewhere(tmp_path):
     (lib / "evil.yaml").symlink_to(tmp_path / "secret.yaml")
     with pytest.raises(FlanmixError, match="outside the task library"):
         list(iter_task_paths([root]))
+
+
+def test_an_error_quoting_a_huge_value_is_cut(tmp_path, capsys):
+    """An unknown options header of 3,000 characters was echoed whole in the error line."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        'name: s\nclusters: all\ntotal_rows: 100\nformats:\n  options_headers: ["'
+        + "x" * 3000
+        + '"]\n'
+    )
+    assert main(["compile", str(spec), "-o", str(tmp_path / "o"), "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown options header" in err and "characters ...]" in err and len(err) < 1000
