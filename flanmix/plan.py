@@ -461,7 +461,8 @@ class Sources:
                 local_dir=(self.base_dir / local_dir) if local_dir else None,
             )
         except Exception as exc:
-            if hasattr(exc, "location"):
+            # located at the task file, unless it names the file at fault (an NIv2 JSON line)
+            if hasattr(exc, "location") and not exc.location.file:
                 exc.location = exc.location.with_(file=self.task_files[task.id])
             raise
 

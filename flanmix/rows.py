@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from .errors import CompileError, Location, SourceError, TemplateError
+from .errors import CompileError, FlanmixError, Location, SourceError, TemplateError
 from .mixture import SCHEMA
 from .plan import TaskPlan, Unit, seeded_rng
 from .render import (
@@ -173,6 +173,12 @@ class UnitRenderer:
         uniq, inverse = np.unique(src, return_inverse=True)
         try:
             raw_rows = self._reader(key).read(uniq)
+        except FlanmixError as exc:  # located at the source file (an NIv2 JSON line), kept so
+            raise CompileError(
+                f"cannot read rows of {tp.handle.description}: {exc.message}",
+                location=exc.location.with_(task=unit.task),
+                hint=exc.hint,
+            ) from exc
         except Exception as exc:  # noqa: BLE001
             raise CompileError(
                 f"cannot read rows of {tp.handle.description}: {type(exc).__name__}: {exc}",

@@ -528,3 +528,24 @@ def test_huge_file_is_streamed_in_bounded_memory(tmp_path):
         tracemalloc.stop()
     assert [r["output"] for r in rows] == [["0"], ["10000"], ["19999"]]
     assert peak < 10 * 2**20, f"peak {peak / 2**20:.1f} MiB"  # measured: 6 MiB
+
+
+def test_a_task_file_edited_after_import_is_named_at_its_own_line(tree, tmp_path):
+    """The error named the imported task's YAML with the JSON file's line number."""
+    src = tmp_path / "tasks"
+    src.mkdir()
+    one = src / "task001_fixture_question_generation.json"
+    shutil.copy(tree / "tasks" / one.name, one)
+    out = tmp_path / "cat"
+    import_natural_instructions([one], out)
+    data = json.loads(one.read_text())
+    data["Instances"][3]["input"] = 5
+    one.write_text(json.dumps(data, indent=1))  # another size: the instances are counted again
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: n\ncatalog: {out}\nclusters: all\ncap: 50\n")
+    with pytest.raises(FlanmixError, match="instance 3 has no 'input' string") as err:
+        compile_mixture(spec, tmp_path / "o", offline=True)
+    loc = err.value.location
+    assert loc.file == str(one.resolve()) and loc.row == 3
+    lines = one.read_text().splitlines()
+    assert '"input": 5' in "".join(lines[loc.line - 1 : loc.line + 4])  # the instance's lines
