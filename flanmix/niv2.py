@@ -869,7 +869,8 @@ def import_natural_instructions(
                     continue
                 rows = []
                 for inst in stream.instances():
-                    if len(rows) < samples:
+                    # a huge instance is not copied: the task file must stay readable
+                    if len(rows) < samples and _row_chars(inst) <= SAMPLE_CHARS:
                         rows.append(row_of(head, inst))
                 count = stream.count
             if count == 0:
@@ -954,6 +955,16 @@ def _write_clusters(stage: Path, members: dict[str, list[ImportedTask]], tables:
     }
     text = "# NIv2 clusters, one per category (flanmix/data/niv2_categories.yaml).\n" + _dump(doc)
     (stage / "clusters.yaml").write_text(text, encoding="utf-8")
+
+
+#: A sample instance longer than this is not copied into the task file: the rows stay in the JSON file,
+#: and a task file over the YAML reader's cap (16 MB) could not be read back (an instance of 20 MB
+#: among the first five made the import write a catalog that lint and compile refused).
+SAMPLE_CHARS = 200_000
+
+
+def _row_chars(row: dict[str, Any]) -> int:
+    return sum(len(v) if isinstance(v, str) else len(str(v)) for v in row.values())
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

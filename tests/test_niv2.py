@@ -549,3 +549,21 @@ def test_a_task_file_edited_after_import_is_named_at_its_own_line(tree, tmp_path
     assert loc.file == str(one.resolve()) and loc.row == 3
     lines = one.read_text().splitlines()
     assert '"input": 5' in "".join(lines[loc.line - 1 : loc.line + 4])  # the instance's lines
+
+
+def test_a_huge_instance_is_not_copied_into_the_task_file(tree, tmp_path):
+    """An instance of 20 MB among the first five made a task file over the YAML cap, which lint
+    and compile then refused."""
+    from flanmix.niv2 import SAMPLE_CHARS
+
+    src = tmp_path / "tasks"
+    src.mkdir()
+    one = src / "task001_fixture_question_generation.json"
+    data = json.loads((tree / "tasks" / one.name).read_text())
+    data["Instances"][1]["input"] = "x" * (SAMPLE_CHARS + 1)
+    one.write_text(json.dumps(data))
+    out = tmp_path / "cat"
+    import_natural_instructions([one], out)
+    (task_file,) = (out / "task_templates").rglob("*.yaml")
+    assert task_file.stat().st_size < SAMPLE_CHARS
+    assert load_catalog(out).task(task_file.stem).source.niv2.instances == len(data["Instances"])
