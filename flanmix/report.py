@@ -37,6 +37,18 @@ def composition_report(mixture_dir: str | Path) -> str:
             location=Location(file=str(Path(mixture_dir) / MANIFEST)),
             hint="recompile the mixture; 'flanmix verify' lists what is wrong",
         )
+    gone = [  # the composition of shards that are not there is not the mixture's
+        s["file"]
+        for split in ("train", "eval")
+        for s in mixture.shards(split)
+        if not (mixture.path / s["file"]).is_file()
+    ]
+    if gone:
+        raise MixtureError(
+            f"shard {gone[0]} is missing" + (f" (and {len(gone) - 1} more)" if gone[1:] else ""),
+            location=Location(file=str(mixture.path)),
+            hint="'flanmix verify' lists what is wrong; compile the mixture again",
+        )
     m = mixture.info
     lines = [
         f"mixture {m.name}  (flanmix {m.flanmix_version}, seed {m.seed}, {m.file_format})",

@@ -988,3 +988,12 @@ def test_an_error_quoting_a_huge_value_is_cut(tmp_path, capsys):
     assert main(["compile", str(spec), "-o", str(tmp_path / "o"), "--offline"]) == 2
     err = capsys.readouterr().err
     assert "unknown options header" in err and "characters ...]" in err and len(err) < 1000
+
+
+def test_inspect_refuses_a_mixture_with_a_missing_shard(tmp_path, built, capsys):
+    """inspect printed the manifest's composition (exit 0) for shards that were gone."""
+    mix = _copy(built, tmp_path / "mix")
+    shard = sorted(mix.glob("train-*.parquet"))[0]
+    shard.unlink()
+    assert main(["inspect", str(mix)]) == 2
+    assert f"shard {shard.name} is missing" in _one_line_error(capsys)
