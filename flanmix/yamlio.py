@@ -87,8 +87,7 @@ def _walk(node: yaml.Node, path: PathKey, lines: LineMap, visited: set[int] | No
             location=Location(file=lines.file, line=node.start_mark.line + 1),
             hint="write the value out; aliases can expand a small file into gigabytes",
         )
-    if not isinstance(node, yaml.ScalarNode):
-        visited.add(id(node))
+    visited.add(id(node))  # the composer makes a node per value: only an alias shares one
     if len(path) > MAX_DEPTH:
         raise TaskFileError(
             f"YAML nested deeper than {MAX_DEPTH} levels",

@@ -997,3 +997,13 @@ def test_inspect_refuses_a_mixture_with_a_missing_shard(tmp_path, built, capsys)
     shard.unlink()
     assert main(["inspect", str(mix)]) == 2
     assert f"shard {shard.name} is missing" in _one_line_error(capsys)
+
+
+def test_aliases_of_plain_values_are_refused_too(tmp_path):
+    """The README says aliases are refused; an alias of a plain value was accepted."""
+    from flanmix.yamlio import load_yaml
+
+    path = tmp_path / "t.yaml"
+    path.write_text("id: x\ndescription: &d hello\nmetadata: {x: *d}\n")
+    with pytest.raises(FlanmixError, match=r"aliases \(\*name\) are not allowed"):
+        load_yaml(path)
