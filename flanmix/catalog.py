@@ -89,7 +89,7 @@ def _is_union_tag(part: str) -> bool:
 
 
 def validation_problems(
-    exc: ValidationError, lines: LineMap, data: Any
+    exc: ValidationError, lines: LineMap, data: Any, model: type | None = None
 ) -> list[tuple[Location, str, str]]:
     """(location, message, hint) for each pydantic error, located at the key's line."""
     out = []
@@ -110,7 +110,7 @@ def validation_problems(
         if kind == "extra_forbidden":
             parent = loc[:-1]
             hint = f"remove '{loc[-1]}' or fix its spelling"
-            allowed = _allowed_keys(parent, data)
+            allowed = _allowed_keys(parent, data, model)
             if allowed:
                 close = did_you_mean(str(loc[-1]), allowed)
                 hint = (
@@ -134,7 +134,19 @@ def validation_problems(
     return out
 
 
-def _allowed_keys(parent: tuple[Any, ...], data: Any) -> list[str] | None:
+def _allowed_keys(
+    parent: tuple[Any, ...], data: Any, model: type | None = None
+) -> list[str] | None:
+    """The keys allowed where an unknown one was found: in a task file, or in ``model``'s file
+    (clusters.yaml)."""
+    from .schema import Cluster, ClustersFile, OverlapGroup, RelatedGroup
+
+    if model is ClustersFile:
+        nested = {"clusters": Cluster, "overlap_groups": OverlapGroup, "related": RelatedGroup}
+        if not parent:
+            return list(ClustersFile.model_fields)
+        sub = nested.get(parent[0]) if len(parent) == 2 else None
+        return list(sub.model_fields) if sub else None
     from .schema import (
         Evaluation,
         FieldSpec,
@@ -193,7 +205,7 @@ def read_clusters(path: str | Path) -> tuple[ClustersFile, LineMap]:
     try:
         return ClustersFile.model_validate(data or {}), lines
     except ValidationError as exc:
-        loc, msg, hint = validation_problems(exc, lines, data)[0]
+        loc, msg, hint = validation_problems(exc, lines, data, ClustersFile)[0]
         raise TaskFileError(msg, location=loc.with_(task=None), hint=hint or None) from exc
 
 

@@ -731,7 +731,7 @@ def _lint_clusters(
     try:
         cf = ClustersFile.model_validate(data or {})
     except ValidationError as exc:
-        for loc, msg, hint in validation_problems(exc, lines, data):
+        for loc, msg, hint in validation_problems(exc, lines, data, ClustersFile):
             out.append(Finding.at("error", "clusters-schema", loc.with_(task=None), msg, hint))
         return
     listed: dict[str, list[str]] = defaultdict(list)

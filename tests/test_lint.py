@@ -197,3 +197,18 @@ def test_a_library_without_its_clusters_yaml_is_said(tmp_path):
     (tmp_path / "clusters.yaml").mkdir()
     report = lint_paths([tmp_path / "task_templates"])
     assert ("error", "clusters-missing") in [(f.severity, f.code) for f in report.findings]
+
+
+def test_unknown_keys_in_clusters_yaml_get_their_own_did_you_mean(tmp_path):
+    """The hint listed a task file's keys (cluster, description, evaluation, ...)."""
+    import shutil
+
+    lib = tmp_path / "task_templates" / "c"
+    lib.mkdir(parents=True)
+    shutil.copy(REPO / "task_templates" / "sentiment" / "sst2.yaml", lib)
+    (tmp_path / "clusters.yaml").write_text(
+        "clusters:\n  c: {description: C, tasks: [sst2], taks: []}\noverlap_group: []\n"
+    )
+    hints = {f.field: f.hint for f in lint_paths([tmp_path / "task_templates"]).findings}
+    assert hints["clusters.c.taks"].startswith("did you mean 'tasks'?")
+    assert hints["overlap_group"].startswith("did you mean 'overlap_groups'?")
