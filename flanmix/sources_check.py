@@ -207,11 +207,15 @@ class _Probe:
             if missing:
                 from .source_build import build_hint
 
+                spec_folder = self.report.source.startswith("folder:")
                 hint = "; ".join(
                     x
                     for x in (
                         build_hint(self.task.id) or self.task.source.manual_download,
-                        "`flanmix compile --offline` uses the task's samples instead",
+                        # a spec's sources: folder is read even offline
+                        f"fix or remove {self.task.id} in the spec's sources: to use its samples"
+                        if spec_folder
+                        else "`flanmix compile --offline` uses the task's samples instead",
                     )
                     if x
                 )

@@ -1007,3 +1007,16 @@ def test_aliases_of_plain_values_are_refused_too(tmp_path):
     path.write_text("id: x\ndescription: &d hello\nmetadata: {x: *d}\n")
     with pytest.raises(FlanmixError, match=r"aliases \(\*name\) are not allowed"):
         load_yaml(path)
+
+
+def test_a_missing_file_in_a_spec_sources_folder_gets_a_true_hint(tmp_path, capsys):
+    """The hint said '--offline uses the task's samples instead', but a spec's sources: folder
+    is read offline too."""
+    (tmp_path / "empty").mkdir()
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"name: s\nclusters: all\ntotal_rows: 100\nsources: {{sst2: {tmp_path / 'empty'}}}\n"
+    )
+    assert main(["compile", str(spec), "-o", str(tmp_path / "o"), "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert "fix or remove sst2 in the spec's sources:" in err and "--offline" not in err
