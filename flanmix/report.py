@@ -70,6 +70,12 @@ def composition_report(mixture_dir: str | Path) -> str:
     for key, why in m.skipped_tasks.items():
         split, task = key.split(":", 1)
         lines.append(f"no {split} rows from {task}: {why}")
+    for key, info in m.tasks.items():  # planned, but every row dropped (unlabeled, skipped)
+        if info.planned and not info.rows and key not in m.skipped_tasks:
+            lines.append(
+                f"no {info.role} rows from {info.task}: all {info.planned} planned rows were "
+                f"dropped (reasons under 'dropped' in manifest.json)"
+            )
     for split in ("train", "eval"):
         info = m.splits.get(split)
         if info is None:

@@ -148,3 +148,12 @@ def test_empty_csv_cells_are_nulls_never_the_text_none(tmp_path, catalog):
     # a column of empty cells (read as float by pandas) is null, not a type error: every row skips
     with pytest.raises(FlanmixError, match=r"(?s)every training row was skipped.*null text"):
         _compile(tmp_path / "all", catalog, {"train.csv": b"text,label\n,0\n,1\n"})
+
+
+def test_a_held_out_task_whose_rows_are_all_dropped_is_said(tmp_path, catalog):
+    """Every eval row unlabeled gave 'eval 0 rows' with no word about the task."""
+    from flanmix.report import composition_report
+
+    _compile(tmp_path, catalog, {"test.parquet": _senti([-1, -1, -1, -1])}, held_out=True)
+    report = composition_report(tmp_path / "out_eval")
+    assert re.search(r"no eval rows from senti: all \d+ planned rows were dropped", report)
