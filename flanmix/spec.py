@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import Location, SpecError
 from .schema import ID_PATTERN
@@ -25,6 +33,33 @@ MAX_SHARDS = 10_000
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_loose_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """A whole-number setting takes a number: YAML's true/false (``seed: yes``) and quoted
+        text (``cap: "10"``) were turned into numbers without a word."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None or not _takes_int(field.annotation):
+            return value
+        if isinstance(value, (bool, str)):
+            kind = "true/false" if isinstance(value, bool) else "text"
+            raise ValueError(f"expected a whole number, got {kind} {value!r:.40}")
+        return value
+
+
+def _takes_int(annotation: Any) -> bool:
+    """Whether a field's type is ``int`` or ``int | None``."""
+    import types
+    import typing
+
+    if annotation is int:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args == [int]
+    return False
 
 
 class Mixing(_Model):

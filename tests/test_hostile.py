@@ -681,6 +681,10 @@ def test_local_sources_stay_inside_the_task_folder(tmp_path, monkeypatch):
 def test_spec_mistakes_that_were_silently_ignored(tmp_path, catalog):
     from flanmix.spec import spec_from_mapping
 
+    for field, value in (("seed", True), ("seed", "7"), ("cap", "10"), ("total_rows", "100")):
+        with pytest.raises(FlanmixError, match=f"{field}.*expected a whole number"):
+            spec_from_mapping({"name": "t", "clusters": "all", field: value})
+
     with pytest.raises(FlanmixError, match="finite number"):
         spec_from_mapping(
             {
