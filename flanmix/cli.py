@@ -191,19 +191,26 @@ def _run_preview(args) -> int:
                 or "templates: " + ", ".join(t.id for t in task.templates),
             ) from None
     rule = "─" * 72
-    for index, ct, result in render_samples(task, args.template, args.n, args.seed):
-        flag = " (inverted)" if ct.template.inverted else ""
-        print(rule)
-        print(f"{ct.full_id}{flag}  sample {index}")
-        if isinstance(result, Skip):
-            print(f"  SKIPPED: {result.reason}")
-            continue
-        print("INPUT:")
-        print(_indent(result.input))
-        print("TARGET:")
-        print(_indent(result.target))
-        if result.choices is not None:
-            print("CHOICES: " + " | ".join(result.choices))
+    try:
+        for index, ct, result in render_samples(task, args.template, args.n, args.seed):
+            flag = " (inverted)" if ct.template.inverted else ""
+            print(rule)
+            print(f"{ct.full_id}{flag}  sample {index}")
+            if isinstance(result, Skip):
+                print(f"  SKIPPED: {result.reason}")
+                continue
+            print("INPUT:")
+            print(_indent(result.input))
+            print("TARGET:")
+            print(_indent(result.target))
+            if result.choices is not None:
+                print("CHOICES: " + " | ".join(result.choices))
+    except FlanmixError as exc:  # located at the task file's line, as lint locates it
+        loc = exc.location
+        if loc.file is None and loc.template in {t.id for t in task.templates}:
+            at = catalog.task_file(task.id).template_location(loc.template, loc.field, 1)
+            exc.location = loc.with_(file=at.file, line=loc.line or at.line)
+        raise
     print(rule)
     return 0
 

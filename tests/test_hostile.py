@@ -1024,3 +1024,17 @@ def test_a_missing_file_in_a_spec_sources_folder_gets_a_true_hint(tmp_path, caps
     assert main(["compile", str(spec), "-o", str(tmp_path / "o"), "--offline"]) == 2
     err = capsys.readouterr().err
     assert "fix or remove sst2 in the spec's sources:" in err and "--offline" not in err
+
+
+def test_preview_locates_a_template_error_at_the_task_file_line(tmp_path, capsys):
+    """preview said 'task=sst2 template=...' with no file or line, where lint gives both."""
+    import re
+
+    lib = tmp_path / "task_templates" / "c"
+    lib.mkdir(parents=True)
+    text = (REPO / "task_templates" / "sentiment" / "sst2.yaml").read_text()
+    (lib / "sst2.yaml").write_text(text.replace("{{ sentence | trim }}", "{{ sentence | nosuch }}"))
+    (tmp_path / "clusters.yaml").write_text("clusters:\n  c: {description: C, tasks: [sst2]}\n")
+    assert main(["preview", "sst2", "--root", str(tmp_path)]) == 2
+    line = _one_line_error(capsys)
+    assert re.search(r"sst2\.yaml:\d+ task=sst2 template=\w+ field=input: .*nosuch", line), line
