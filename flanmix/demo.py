@@ -53,6 +53,9 @@ def claim_demo(out: str | Path) -> Path:
             location=Location(file=str(out)),
             hint="choose a new folder, e.g. out/demo",
         )
+    for part in DEMO_PARTS:  # each part is replaced in its step: checked now, before any step
+        if (path / part).exists() or (path / part).is_symlink():
+            check_out(path / part, overwrite=True, what=f"the demo's {part}")
     path.mkdir(parents=True, exist_ok=True)
     if kind == "empty":
         write_marker(path, "demo")

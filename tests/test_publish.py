@@ -148,6 +148,11 @@ def test_the_demo_folder_is_new_empty_or_an_earlier_demo(tmp_path):
     (fresh / "notes.txt").write_text("mine")
     with pytest.raises(OutputError, match=r"did not write \(notes.txt\)"):
         claim_demo(fresh)
+    (fresh / "notes.txt").unlink()
+    _export_like(fresh / "train")
+    (fresh / "train" / "results_final.csv").write_text("mine")  # inside a part: before any step
+    with pytest.raises(OutputError, match=r"did not write \(results_final.csv\)"):
+        claim_demo(fresh)
     earlier = tmp_path / "earlier"  # a demo of a flanmix that did not mark the folder
     _export_like(earlier / "mixture")
     assert claim_demo(earlier) == earlier and (earlier / ".flanmix").is_file()
